@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 
 def tensorflow():
@@ -20,6 +21,8 @@ def tensorflow_hub_and_text():
     """tensorflow_hub, plus tensorflow_text imported for its side effect: it registers the ops that
     modules with in-graph tokenisation (WordPiece, SentencePiece) need before they can be loaded."""
     tensorflow()
+    # tensorflow_hub 0.16.1 imports pkg_resources (hence setuptools<81); its deprecation notice is noise here.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     import tensorflow_hub as hub
     import tensorflow_text  # noqa: F401
 

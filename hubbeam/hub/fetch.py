@@ -76,6 +76,7 @@ def _copy_hashing(read, dest: Path, handle: Handle, expected_size: int | None = 
 
 def _fetch_http(handle: Handle, dest: Path) -> str:
     import requests
+    import urllib3
 
     last_error = "no attempt made"
     for attempt in range(HTTP_ATTEMPTS):
@@ -99,7 +100,12 @@ def _fetch_http(handle: Handle, dest: Path) -> str:
         except requests.exceptions.Timeout:
             last_error = "timed out"
         except requests.exceptions.RequestException as exc:
-            # e.g. urllib3 ProtocolError on a body shorter than its Content-Length
+            last_error = f"download interrupted ({_root_cause(exc)})"
+        except urllib3.exceptions.ReadTimeoutError:
+            # response.raw.read() raises urllib3's own errors: requests only wraps them in iter_content.
+            last_error = "timed out"
+        except urllib3.exceptions.HTTPError as exc:
+            # e.g. ProtocolError(IncompleteRead) on a body shorter than its Content-Length
             last_error = f"download interrupted ({_root_cause(exc)})"
     raise FetchError(f"could not download {handle.display}: {last_error} after {HTTP_ATTEMPTS} attempts")
 

@@ -34,9 +34,10 @@ class TensorInfo:
 def signature_io(fn) -> tuple[dict[str, Any], dict[str, Any]]:
     """(input specs, output specs) by name for a concrete function of a loaded module."""
     args, kwargs = fn.structured_input_signature
-    inputs = dict(kwargs)
+    inputs = {name: spec for name, spec in kwargs.items() if hasattr(spec, "shape")}
     for i, spec in enumerate(args):
-        inputs[getattr(spec, "name", None) or f"input_{i}"] = spec
+        if hasattr(spec, "shape"):  # skip Python values bound at trace time, like __call__'s training flag
+            inputs[getattr(spec, "name", None) or f"input_{i}"] = spec
     outputs = fn.structured_outputs
     if not isinstance(outputs, dict):
         outputs = {"default": outputs}
@@ -48,8 +49,9 @@ def module_functions(obj) -> dict[str, Any]:
     functions = dict(getattr(obj, "signatures", {}) or {})
     call = getattr(obj, CALL, None)
     concrete = list(getattr(call, "concrete_functions", []) or [])
+    inference = [fn for fn in concrete if True not in fn.structured_input_signature[0]]  # training=False trace
     if concrete:
-        functions.setdefault(CALL, concrete[0])
+        functions.setdefault(CALL, (inference or concrete)[0])
     return functions
 
 
@@ -136,7 +138,7 @@ class Embedder:
         """Every named output of the signature, as numpy arrays."""
         feed = self._feed(inputs)
         if self.signature == CALL:
-            result = self._fn(*feed.values())
+            result = self.obj(*feed.values())  # the restored function picks its training=False trace
         else:
             result = self._fn(**feed)
         if not isinstance(result, dict):

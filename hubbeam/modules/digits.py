@@ -10,6 +10,7 @@ held out and recorded in the metadata so tests can measure k-NN accuracy on unse
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -64,7 +65,10 @@ class DigitsEncoder(tf.Module):
 
     def features(self, images, training=False):
         grey = tf.reduce_mean(tf.convert_to_tensor(images, tf.float32), axis=-1, keepdims=True)
-        grid = tf.image.resize(grey, [GRID, GRID], method="area")
+        # Area downsampling by an integral factor, as average pooling: unlike ResizeArea it has a gradient,
+        # which fine-tuning through hub.KerasLayer needs.
+        factor = IMAGE_SIZE // GRID
+        grid = tf.nn.avg_pool2d(grey, factor, factor, "VALID")
         return self.network(grid, training=training)
 
 
@@ -82,13 +86,28 @@ def train(encoder: DigitsEncoder, images: np.ndarray, labels: np.ndarray) -> Non
     classifier.fit(images, labels, batch_size=64, epochs=EPOCHS, shuffle=True, verbose=0)
 
 
+@contextlib.contextmanager
+def _op_determinism():
+    """Deterministic kernels while training, then the process's previous setting: determinism also makes
+    unseeded random ops (dropout in other modules' training) fail, so it must not leak out of the build."""
+    from tensorflow.python.framework import config as tf_config  # disable_op_determinism is not public
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
+
+
 def build(out_dir: str | os.PathLike) -> Path:
     import sklearn
 
-    tf.config.experimental.enable_op_determinism()
     train_x, train_y, holdout_x, _ = load_digits_split()
     encoder = DigitsEncoder()
-    train(encoder, train_x, train_y)
+    with _op_determinism():
+        train(encoder, train_x, train_y)
     image_spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
 
     def embed(images):

@@ -1,0 +1,5 @@
+import sys
+
+from hubbeam.cli import main
+
+sys.exit(main())

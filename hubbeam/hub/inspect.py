@@ -1,0 +1,78 @@
+"""Describe a module: what it takes, what it gives, what it can train, and what it says about itself."""
+from __future__ import annotations
+
+from hubbeam.hub.loader import CALL, Embedder, TensorInfo, load_object, module_functions, signature_io
+from hubbeam.hub.metadata import METADATA_PATH, read_metadata
+from hubbeam.hub.resolver import resolve_module
+
+
+def inspect_module(handle: str, sha256: str | None = None) -> dict:
+    """A JSON-ready description of the module behind handle."""
+    resolved = resolve_module(handle, sha256=sha256)
+    obj = load_object(resolved)
+    signatures = {}
+    for name, fn in sorted(module_functions(obj).items()):
+        inputs, outputs = signature_io(fn)
+        signatures[name] = {
+            "inputs": [vars(TensorInfo.of(n, s)) for n, s in sorted(inputs.items())],
+            "outputs": [vars(TensorInfo.of(n, s)) for n, s in sorted(outputs.items())],
+        }
+    variables = list(getattr(obj, "variables", []) or [])
+    trainable = list(getattr(obj, "trainable_variables", []) or [])
+    default = None
+    if any(n != CALL for n in signatures):
+        embedder = Embedder(resolved, obj, None, None)
+        default = {"signature": embedder.signature, "output": embedder.output_key, "dim": embedder.dim,
+                   "input_kind": embedder.input_kind, "image_size": embedder.image_size}
+    is_tf1 = (resolved.path / "tfhub_module.pb").is_file()
+    return {
+        "handle": resolved.handle,
+        "path": str(resolved.path),
+        "sha256": resolved.sha256,
+        "archive_sha256": resolved.archive_sha256,
+        "format": "tf1-hub-module" if is_tf1 else "tf2-saved-model",
+        "reusable": all(hasattr(obj, a) for a in ("variables", "trainable_variables", "regularization_losses"))
+        and CALL in signatures,
+        "signatures": signatures,
+        "default": default,
+        "variables": {"count": len(variables), "parameters": _count(variables)},
+        "trainable_variables": {"count": len(trainable), "parameters": _count(trainable)},
+        "metadata_file": METADATA_PATH if read_metadata(resolved.path) is not None else None,
+        "metadata": read_metadata(resolved.path),
+    }
+
+
+def _count(variables) -> int:
+    return int(sum(v.shape.num_elements() or 0 for v in variables))
+
+
+def format_report(info: dict) -> str:
+    """The description as text for people."""
+    lines = [
+        f"module     {info['handle']}",
+        f"path       {info['path']}",
+        f"sha256     {info['sha256']}" + (f"  (archive {info['archive_sha256']})" if info["archive_sha256"] else ""),
+        f"format     {info['format']}" + ("  reusable SavedModel (__call__, variables, …)" if info["reusable"] else ""),
+    ]
+    if info["default"]:
+        d = info["default"]
+        size = f", image size {d['image_size'][0]}x{d['image_size'][1]}" if d["image_size"] else ""
+        lines.append(f"default    signature {d['signature']!r}, output {d['output']!r}, dim {d['dim']}, "
+                     f"input {d['input_kind']}{size}")
+    tv = info["trainable_variables"]
+    lines.append(f"trainable  {tv['count']} variables, {tv['parameters']:,} parameters "
+                 f"(of {info['variables']['count']} variables, {info['variables']['parameters']:,} parameters)")
+    lines.append("signatures")
+    for name, sig in info["signatures"].items():
+        lines.append(f"  {name}")
+        for kind in ("inputs", "outputs"):
+            for t in sig[kind]:
+                shape = "?" if t["shape"] is None else "[" + ", ".join("None" if d is None else str(d) for d in t["shape"]) + "]"
+                lines.append(f"    {kind[:-1]:<6} {t['name']:<18} {t['dtype']:<8} {shape}")
+    if info["metadata"] is not None:
+        lines.append(f"metadata   ({info['metadata_file']})")
+        for key, value in sorted(info["metadata"].items()):
+            lines.append(f"  {key}: {value}")
+    else:
+        lines.append("metadata   none (not built by hubbeam)")
+    return "\n".join(lines)

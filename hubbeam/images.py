@@ -1,0 +1,64 @@
+"""Decode image bytes into what image modules take: float32 [H, W, 3] in [0, 1] at the module's size.
+
+Pillow does the decoding. EXIF orientation is applied, animations contribute their first frame,
+transparency is composited on white, and everything becomes RGB. The pixel count is checked from the
+header before any pixel is decoded, so a decompression bomb is refused cheaply.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+
+from hubbeam.errors import HubbeamError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageDecodeError(HubbeamError):
+    """An image that cannot be used; reason is a short code for dead-letter rows."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("HUBBEAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """bytes -> float32 [height, width, 3] in [0, 1]; size is (height, width)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageDecodeError("empty_file", "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels():
+                raise ImageDecodeError("too_large", f"{width}x{height} pixels exceeds the {max_pixels()} pixel limit")
+            image.seek(0)
+            image.draft("RGB", (size[1] * 2, size[0] * 2))  # JPEG: let the decoder downscale cheaply
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            if image.mode.startswith("I"):  # 16-bit greyscale (PNG opens as I;16 or I): 0..65535 -> 0..255
+                array = np.asarray(image, dtype=np.float32)
+                image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8))
+            image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_large", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("undecodable_image", "not a recognised image format") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError("undecodable_image", f"cannot decode image: {exc}") from exc
+    return np.asarray(image, dtype=np.float32) / 255.0

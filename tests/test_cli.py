@@ -1,0 +1,111 @@
+"""The `hubbeam` command as users run it: a real subprocess, real modules, exit codes and output."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUBCOMMANDS = ["resolve", "inspect", "build-module", "encode"]
+
+
+def hubbeam(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=300, check=check)
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "hubbeam"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("hubbeam ")
+
+
+def test_help_for_every_subcommand():
+    top = hubbeam("--help")
+    assert top.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in top.stdout
+        sub = hubbeam(name, "--help")
+        assert sub.returncode == 0 and f"usage: hubbeam {name}" in sub.stdout, sub.stderr
+
+
+def test_help_does_not_import_tensorflow():
+    code = "import sys, hubbeam.cli as c\ntry: c.main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False")
+
+
+def test_inspect_prints_signatures_and_json(tiny_wordvec_module):
+    text = hubbeam("inspect", tiny_wordvec_module)
+    assert text.returncode == 0, text.stderr
+    for expected in ("signatures", "default", "tokens", "sequence_len", "trainable", "metadata", "wordvec"):
+        assert expected in text.stdout
+    as_json = hubbeam("inspect", tiny_wordvec_module, "--json")
+    info = json.loads(as_json.stdout)
+    assert info["default"] == {"signature": "default", "output": "default", "dim": 4, "input_kind": "text",
+                               "image_size": None}
+    assert info["trainable_variables"]["count"] == 1
+    assert info["trainable_variables"]["parameters"] == (5 + 3) * 4
+    outputs = {o["name"]: o for o in info["signatures"]["default"]["outputs"]}
+    assert outputs["default"] == {"name": "default", "dtype": "float32", "shape": [None, 4]}
+    assert info["metadata"]["name"] == "wordvec" and info["reusable"] is True
+
+
+def test_resolve_prints_path_and_digests(tiny_wordvec_module):
+    out = json.loads(hubbeam("resolve", tiny_wordvec_module, "--json", check=True).stdout)
+    assert out["path"] == str(tiny_wordvec_module)
+    pinned = hubbeam("resolve", f"{tiny_wordvec_module}#sha256={out['sha256']}")
+    assert pinned.returncode == 0 and pinned.stdout.strip() == str(tiny_wordvec_module)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "/no/such/module"], "no such module folder or archive: /no/such/module"),
+    (["inspect", "ftp://example.org/m"], "unsupported handle scheme 'ftp://'"),
+    (["resolve", "/tmp#sha256=xyz"], "invalid sha256 pin"),
+    (["build-module", "digits", "--out", "/tmp/x", "--embeddings", "v.txt"], "--embeddings only applies"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(args, message):
+    result = hubbeam(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("hubbeam: error: ") and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_pin_and_unknown_signature_exit_2(tiny_wordvec_module):
+    wrong = hubbeam("resolve", tiny_wordvec_module, "--sha256", "0" * 64)
+    assert wrong.returncode == 2 and "sha256 mismatch" in wrong.stderr
+    unknown = hubbeam("encode", "--module", tiny_wordvec_module, "--signature", "nope", "hi")
+    assert unknown.returncode == 2 and "available: __call__, default, tokens" in unknown.stderr
+
+
+def test_encode_text_and_images(tiny_wordvec_module, digits_module, tmp_path):
+    text = hubbeam("encode", "--module", tiny_wordvec_module, "--json", "the cat", "the mat")
+    assert text.returncode == 0, text.stderr
+    vectors = json.loads(text.stdout)["embeddings"]
+    assert len(vectors) == 2 and len(vectors[0]) == 4
+
+    from PIL import Image
+
+    files = []
+    for i, colour in enumerate([0, 255]):
+        files.append(tmp_path / f"img{i}.png")
+        Image.new("RGB", (40, 30), (colour, colour, colour)).save(files[-1])
+    images = hubbeam("encode", "--module", digits_module, "--image", *files)
+    assert images.returncode == 0, images.stderr
+    assert "2 inputs -> 64-d embeddings" in images.stdout and "cosine similarity" in images.stdout
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    refused = hubbeam("encode", "--module", digits_module, "--image", bad)
+    assert refused.returncode == 2 and "not a recognised image format" in refused.stderr
+    mismatch = hubbeam("encode", "--module", digits_module, "hello")
+    assert mismatch.returncode == 2 and "takes image input, not text" in mismatch.stderr
+
+
+def test_build_module_command(tmp_path, tiny_vectors_file):
+    out = tmp_path / "wv"
+    result = hubbeam("build-module", "wordvec", "--out", out, "--embeddings", tiny_vectors_file, "--oov-buckets", 2)
+    assert result.returncode == 0, result.stderr
+    assert (out / "saved_model.pb").is_file() and (out / "assets.extra" / "hubbeam_module.json").is_file()
+    assert not list(tmp_path.glob(".wv.*")), "no staging folders left behind"
