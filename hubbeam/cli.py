@@ -99,6 +99,15 @@ def _cmd_encode(args) -> int:
     return 0
 
 
+def _cmd_embed(args) -> int:
+    from hubbeam.pipeline.job import job_from_args, run_embed, summary
+
+    job = job_from_args(args)
+    manifest = run_embed(job, args.beam_args)
+    print(summary(manifest, job.output))
+    return 0
+
+
 def _short(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -152,12 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the embeddings as JSON")
     p.add_argument("text", nargs="*", help="sentences to embed")
     p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser(
+        "embed", help="run the Beam job: input shards -> embeddings Parquet, dead letters, manifest",
+        description="Embed a glob of text or image shards with a module on Apache Beam. Writes "
+                    "DIR/embeddings-*.parquet, DIR/rejected-*.parquet (bad rows with a reason), DIR/manifest.json "
+                    "and DIR/_SUCCESS. Any other --flag is a Beam pipeline option and passes through "
+                    "(default runner: FnApiRunner, in-process; e.g. --direct_running_mode=multi_processing "
+                    "--direct_num_workers=2, or --runner=DataflowRunner/FlinkRunner/SparkRunner/PortableRunner …).",
+        epilog="example: hubbeam embed --input 'corpus/*.jsonl' --output out/ --module build/modules/minilm")
+    from hubbeam.pipeline.job import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_embed)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "embed":
+        args.beam_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hubbeam: %(message)s", stream=sys.stderr)
     try:

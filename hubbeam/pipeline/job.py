@@ -1,0 +1,248 @@
+"""hubbeam's main job: a glob of shards -> embeddings Parquet, dead letters, manifest, _SUCCESS.
+
+Run it as `hubbeam embed …` or `python -m hubbeam.pipeline.job …` (the file the Airflow Beam operator
+points at). Unknown flags are Beam pipeline options and pass straight through, so the same command runs
+in-process (the default: FnApiRunner, which never downloads anything), on `--direct_running_mode=
+multi_processing --direct_num_workers=N`, or on Dataflow, Flink and Spark.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+from hubbeam import __version__
+from hubbeam.errors import HubbeamError
+from hubbeam.pipeline.sources import FORMATS, InputSpec, file_format_error, match_inputs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNNER = "FnApiRunner"
+_PARQUET_TYPE_ALIASES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
+                         "float32", "float64", "bool", "string", "large_string", "date32", "binary"}
+
+
+@dataclass
+class EmbedJob:
+    """Everything `hubbeam embed` takes besides Beam's own options."""
+
+    input: str
+    output: str
+    module: str
+    input_format: str = "auto"
+    id_column: str = "id"
+    text_column: str = "text"
+    image_column: str = "image"
+    keep_columns: list[str] = field(default_factory=list)
+    signature: str | None = None
+    output_key: str | None = None
+    sha256: str | None = None
+    batch_size: int = 64
+    chunk_rows: int = 512
+    max_text_chars: int = 20_000
+    float16: bool = False
+    num_shards: int = 0
+    parquet_codec: str = "snappy"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="glob of input shards (local, gs://, s3:// via Beam filesystems)")
+    parser.add_argument("--output", required=True, help="output folder; a rerun replaces it cleanly")
+    parser.add_argument("--module", required=True, help="module handle (folder, .tar.gz, https://, gs://, s3://)")
+    parser.add_argument("--input-format", choices=FORMATS, default="auto",
+                        help="default: from each file's extension (.parquet .jsonl .csv .tsv .txt, image types)")
+    parser.add_argument("--id-column", default="id", help="id field (default: id; missing -> FILE:ROW)")
+    parser.add_argument("--text-column", default="text", help="text field (default: text)")
+    parser.add_argument("--image-column", default="image", help="binary image column in Parquet (default: image)")
+    parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
+    parser.add_argument("--signature", help="module signature (default: 'default')")
+    parser.add_argument("--output-key", help="named output (default: 'default')")
+    parser.add_argument("--sha256", help="pin the module's sha256 (archive or tree digest)")
+    parser.add_argument("--batch-size", type=int, default=64, help="most rows per model call (default: 64)")
+    parser.add_argument("--chunk-rows", type=int, default=512,
+                        help="rows sorted by length together before batching (default: 512)")
+    parser.add_argument("--max-text-chars", type=int, default=20_000,
+                        help="longer texts are truncated and flagged truncated=true (default: 20000)")
+    parser.add_argument("--float16", action="store_true", help="store embeddings as float16")
+    parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: runner decides)")
+    parser.add_argument("--parquet-codec", default="snappy", help="Parquet compression (default: snappy)")
+
+
+def job_from_args(args: argparse.Namespace) -> EmbedJob:
+    if args.batch_size < 1 or args.chunk_rows < 1 or args.max_text_chars < 1:
+        raise HubbeamError("--batch-size, --chunk-rows and --max-text-chars must be positive")
+    return EmbedJob(
+        input=args.input, output=args.output.rstrip("/") or "/", module=args.module, input_format=args.input_format,
+        id_column=args.id_column, text_column=args.text_column, image_column=args.image_column,
+        keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()], signature=args.signature,
+        output_key=args.output_key, sha256=args.sha256, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
+        max_text_chars=args.max_text_chars, float16=args.float16, num_shards=args.num_shards,
+        parquet_codec=args.parquet_codec,
+    )
+
+
+def pipeline_options(beam_args: list[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    # Runner-specific option classes register their flags on import (--flink_master, --spark_master_url, …).
+    from apache_beam.runners.portability import flink_runner, spark_runner  # noqa: F401
+
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    try:
+        options = PipelineOptions(args)
+        runner = options.view_as(StandardOptions).runner
+    except SystemExit:
+        raise HubbeamError(f"invalid Beam pipeline options: {' '.join(beam_args)}") from None
+    unknown = options.get_all_options(retain_unknown_options=True).keys() - options.get_all_options().keys()
+    if unknown:
+        raise HubbeamError(f"unknown option(s): {', '.join('--' + u for u in sorted(unknown))} "
+                           "(see `hubbeam embed --help`; Beam's own options pass through)")
+    return options, runner
+
+
+def _extra_types(job: EmbedJob, files: list[str]) -> dict:
+    """Pass-through column types: kept from Parquet inputs when every input is Parquet, else strings."""
+    if not job.keep_columns:
+        return {}
+    spec = InputSpec(kind="text", format=job.input_format)
+    if all(spec.format_of(f) == "parquet" for f in files):
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(files[0]) as f:
+            schema = pq.ParquetFile(f).schema_arrow
+        types = {}
+        for column in job.keep_columns:
+            if column not in schema.names:
+                raise HubbeamError(f"--keep-columns: no column {column!r} in {files[0]} (columns: {', '.join(schema.names)})")
+            alias = str(schema.field(column).type)
+            types[column] = alias if alias in _PARQUET_TYPE_ALIASES else "string"
+        return types
+    return {column: "string" for column in job.keep_columns}
+
+
+def build_pipeline(pipeline, job: EmbedJob, embedder, files: list[str], run_id: str, runner: str):
+    """Add the whole job to pipeline; the final step writes manifest and _SUCCESS."""
+    import apache_beam as beam
+    from apache_beam.io import fileio
+    from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
+    from apache_beam.pvalue import AsDict, AsList, AsSingleton
+
+    from hubbeam.pipeline import output as out
+    from hubbeam.pipeline.model import ModuleSpec
+    from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, EmbedImages, EmbedText, ReadRows
+
+    kind = embedder.input_kind
+    spec = InputSpec(kind=kind, format=job.input_format, id_column=job.id_column, text_column=job.text_column,
+                     image_column=job.image_column, keep_columns=tuple(job.keep_columns), chunk_rows=job.chunk_rows,
+                     max_text_chars=job.max_text_chars)
+    provenance = {"module_handle": embedder.handle, "module_sha256": embedder.module_sha256,
+                  "signature": embedder.signature, "output_key": embedder.output_key, "dim": embedder.dim,
+                  "dtype": "float16" if job.float16 else "float32", "version": __version__,
+                  "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
+    schema = out.embeddings_schema(embedder.dim, kind, _extra_types(job, files), provenance, job.float16)
+    staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
+    module = ModuleSpec(job.module, embedder.signature, embedder.output_key, embedder.module_sha256)
+    transform = (EmbedText if kind == "text" else EmbedImages)(
+        module, schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows, image_size=embedder.image_size)
+
+    read = (pipeline
+            | "Match" >> fileio.MatchFiles(job.input)
+            | "Open" >> fileio.ReadMatches()
+            | "Read" >> beam.ParDo(ReadRows(spec)).with_outputs(REJECTED, INPUT_COUNTS, main="rows"))
+    embedded = read.rows | "EmbedRows" >> transform
+    rejected = (read[REJECTED], embedded[REJECTED]) | "AllRejected" >> beam.Flatten()
+
+    shard_args = {"num_shards": job.num_shards, "shard_name_template": out.SHARD_TEMPLATE,
+                  "file_name_suffix": out.SUFFIX, "codec": job.parquet_codec}
+    embedding_files = embedded.embeddings | "WriteEmbeddings" >> WriteToParquetBatched(
+        out.join(staging, out.EMBEDDINGS_PREFIX), schema=schema, **shard_args)
+    rejected_files = (rejected
+                      | "RejectedAsDicts" >> beam.Map(lambda r: r._asdict())
+                      | "WriteRejected" >> WriteToParquet(out.join(staging, out.REJECTED_PREFIX),
+                                                          schema=out.rejected_schema(), **shard_args))
+    rows_embedded = (embedded.embeddings | "TableRows" >> beam.Map(lambda t: t.num_rows)
+                     | "SumEmbedded" >> beam.CombineGlobally(sum))
+    rows_rejected = rejected | "CountRejected" >> beam.combiners.Count.Globally()
+    by_reason = (rejected | "Reasons" >> beam.Map(lambda r: r.reason)
+                 | "CountReasons" >> beam.combiners.Count.PerElement())
+
+    manifest_base = {
+        "hubbeam_version": __version__,
+        "run_id": run_id,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "runner": runner,
+        "input": job.input,
+        "module": {"handle": embedder.handle, "sha256": embedder.module_sha256, "signature": embedder.signature,
+                   "output_key": embedder.output_key, "dim": embedder.dim, "input_kind": kind,
+                   "image_size": list(embedder.image_size) if embedder.image_size else None},
+        "dtype": provenance["dtype"],
+        "batch_size": job.batch_size,
+    }
+
+    def finalize(_, embedding_files, rejected_files, input_counts, n_embedded, n_rejected, reasons):
+        out.finalize(job.output, staging, embedding_files, rejected_files, input_counts, n_embedded, n_rejected,
+                     reasons, manifest_base)
+
+    (pipeline
+     | "Once" >> beam.Create([None])
+     | "Finalize" >> beam.Map(finalize, AsList(embedding_files), AsList(rejected_files), AsList(read[INPUT_COUNTS]),
+                              AsSingleton(rows_embedded), AsSingleton(rows_rejected), AsDict(by_reason)))
+
+
+def run_embed(job: EmbedJob, beam_args: list[str] = ()) -> dict:
+    """Run the job to completion; returns the manifest. Raises HubbeamError for anything the user can fix."""
+    import apache_beam as beam
+
+    from hubbeam.hub.loader import load
+    from hubbeam.pipeline import output as out
+
+    options, runner = pipeline_options(list(beam_args))
+    files = match_inputs(job.input)
+    embedder = load(job.module, signature=job.signature, output_key=job.output_key, sha256=job.sha256)
+    kind = embedder.input_kind
+    if kind not in ("text", "image"):
+        raise HubbeamError(f"signature {embedder.signature!r} of {embedder.handle} takes several inputs "
+                           f"({', '.join(sorted(embedder.input_specs))}); hubbeam embed needs one text or image input")
+    if kind == "image" and embedder.image_size is None:
+        raise HubbeamError(f"{embedder.handle} declares no image size; cannot resize images for it")
+    spec = InputSpec(kind=kind, format=job.input_format)
+    usable = [f for f in files if file_format_error(spec, spec.format_of(f)) is None]
+    if not usable:
+        problem = file_format_error(spec, spec.format_of(files[0]))
+        raise HubbeamError(f"none of the {len(files)} input files can feed this module: {files[0]} is {problem}")
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    out.prepare_output_dir(job.output)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, job, embedder, files, run_id, runner)
+    pipeline.run().wait_until_finish()
+    return out.read_manifest(job.output)
+
+
+def summary(manifest: dict, output: str) -> str:
+    reasons = ", ".join(f"{n} {r}" for r, n in manifest["rejected_by_reason"].items())
+    module = manifest["module"]
+    return "\n".join([
+        f"embedded {manifest['rows_embedded']:,} of {manifest['rows_read']:,} rows"
+        f" ({manifest['rows_rejected']:,} rejected{': ' + reasons if reasons else ''})"
+        f" from {len(manifest['inputs'])} files in {manifest['seconds']:.1f} s ({manifest['rows_per_second']:,.0f} rows/s)",
+        f"module    {module['handle']}  sha256 {module['sha256'][:16]}…  signature {module['signature']}  "
+        f"output {module['output_key']}  dim {module['dim']}  runner {manifest['runner']}",
+        f"output    {output}: {len(manifest['outputs']['embeddings'])} embedding shard(s), "
+        f"{len(manifest['outputs']['rejected'])} rejected shard(s), manifest.json, _SUCCESS",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m hubbeam.pipeline.job` (what the Airflow Beam operator runs)."""
+    from hubbeam.cli import main as cli_main
+
+    return cli_main(["embed", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The model's lifecycle behind a small interface, as Beam's ml/inference/base.py does: the pipeline asks
+for a model by spec, gets batches embedded, and never touches TensorFlow itself.
+
+One module is loaded per worker *process* and shared by its threads and DoFn instances
+(`apache_beam.utils.shared.Shared`); loads are counted in the Beam metric `hubbeam:module_loads`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_pending_loads = 0
+_pending_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """Which module to run. sha256 pins workers to exactly the module the launcher inspected."""
+
+    handle: str
+    signature: str | None = None
+    output_key: str | None = None
+    sha256: str | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.handle}|{self.signature}|{self.output_key}|{self.sha256}"
+
+
+class LoadedModule:
+    """A loaded Embedder plus what the pipeline needs to know about it. Weak-referenceable for Shared."""
+
+    def __init__(self, spec: ModuleSpec):
+        global _pending_loads
+        from hubbeam.hub.loader import load
+
+        started = time.monotonic()
+        self.embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256)
+        self.load_seconds = time.monotonic() - started
+        with _pending_lock:
+            _pending_loads += 1
+        log.info("loaded %s in %.1fs", spec.handle, self.load_seconds)
+
+    def embed(self, inputs) -> np.ndarray:
+        return np.asarray(self.embedder(inputs), dtype=np.float32)
+
+
+def take_pending_loads() -> int:
+    """Loads since the last call: reported from inside a bundle, where Beam metrics are recorded."""
+    global _pending_loads
+    with _pending_lock:
+        count, _pending_loads = _pending_loads, 0
+    return count
+
+
+class ModelHandle:
+    """Picklable: created at pipeline construction, resolved to the process-wide model on a worker."""
+
+    def __init__(self, spec: ModuleSpec):
+        from apache_beam.utils.shared import Shared
+
+        self.spec = spec
+        self._shared = Shared()
+
+    def acquire(self) -> LoadedModule:
+        return self._shared.acquire(lambda: LoadedModule(self.spec), tag=self.spec.tag)
+
+
+def text_batches(values: list[str], batch_size: int, budget_chars: int) -> list[list[int]]:
+    """Indices of values grouped into batches of similar length.
+
+    Sorted by length, so each batch pads little; a batch closes at batch_size rows or when
+    rows x longest would pass budget_chars, so batches of long texts get smaller (bounded memory) and
+    short texts fill whole batches. Returned in length order.
+    """
+    order = sorted(range(len(values)), key=lambda i: len(values[i]))
+    batches, current, longest = [], [], 0
+    for i in order:
+        length = max(len(values[i]), 1)
+        if current and (len(current) >= batch_size or (len(current) + 1) * max(longest, length) > budget_chars):
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def embed_isolating_failures(model: LoadedModule, inputs, on_failure) -> list[tuple[list[int], np.ndarray]]:
+    """Embed a batch; if it fails, bisect to isolate the rows that fail and report them to on_failure."""
+    try:
+        return [(list(range(len(inputs))), model.embed(inputs))]
+    except Exception as exc:  # TF's errors vary; a bad row must not fail the job
+        if len(inputs) == 1:
+            on_failure(0, exc)
+            return []
+    middle = len(inputs) // 2
+    results = []
+    for offset, part in ((0, inputs[:middle]), (middle, inputs[middle:])):
+        def shifted(i, exc, offset=offset):
+            on_failure(i + offset, exc)
+
+        for indices, vectors in embed_isolating_failures(model, part, shifted):
+            results.append(([i + offset for i in indices], vectors))
+    return results

@@ -1,0 +1,203 @@
+"""Read input shards into rows, rejecting bad rows with a reason instead of failing the job.
+
+Text: Parquet, JSONL, CSV/TSV (header row), plain text (one line = one row, id = FILE:LINE).
+Images: image files (one file = one row, id = the path) or Parquet with a binary column.
+Each file is read by one worker; rows leave in chunks so the embedding stage can sort and batch them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+from hubbeam.errors import HubbeamError
+from hubbeam.pipeline import rows as R
+
+FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "image")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+_SUFFIX_FORMATS = {
+    ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".csv": "csv", ".tsv": "csv",
+    ".txt": "txt", ".text": "txt",
+    **{suffix: "image" for suffix in IMAGE_SUFFIXES},
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to turn files into rows."""
+
+    kind: str  # "text" or "image": what the module takes
+    format: str = "auto"
+    id_column: str = "id"
+    text_column: str = "text"
+    image_column: str = "image"
+    keep_columns: tuple[str, ...] = ()
+    chunk_rows: int = 512
+    max_text_chars: int = 20_000
+    max_value_bytes: int = 32 * 1024 * 1024
+    extra_types: dict = field(default_factory=dict)  # column -> pyarrow type name, for pass-through columns
+
+    def format_of(self, path: str) -> str | None:
+        if self.format != "auto":
+            return self.format
+        lower = path.lower()
+        for suffix, fmt in _SUFFIX_FORMATS.items():
+            if lower.endswith(suffix):
+                return fmt
+        return None
+
+
+def file_format_error(spec: InputSpec, fmt: str | None) -> str | None:
+    """Why a file of this format cannot feed a module of spec.kind (None if it can)."""
+    if fmt is None:
+        return "unknown file type (use --input-format)"
+    if spec.kind == "text" and fmt == "image":
+        return "an image file, but the module takes text"
+    if spec.kind == "image" and fmt not in ("image", "parquet"):
+        return f"a {fmt} file, but the module takes images"
+    return None
+
+
+class RowReader:
+    """Reads one file into Row / Rejected items and counts every row it read."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+
+    def read(self, path: str, opener):
+        fmt = self.spec.format_of(path)
+        problem = file_format_error(self.spec, fmt)
+        if problem:
+            yield R.Rejected(path, path, R.UNSUPPORTED_FILE, problem)
+            return
+        try:
+            with opener() as handle:
+                reader = getattr(self, f"_read_{fmt}")
+                yield from reader(path, handle)
+        except OSError as exc:
+            yield R.Rejected(path, path, R.UNREADABLE_FILE, f"cannot read file: {exc}")
+
+    # values ------------------------------------------------------------------------------------
+    def text_row(self, row_id: str, path: str, value, extras: dict):
+        if value is None:
+            return R.Rejected(row_id, path, R.MISSING_TEXT, f"{self.spec.text_column!r} is null")
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return R.Rejected(row_id, path, R.INVALID_UTF8, f"invalid UTF-8: {exc.reason} at byte {exc.start}")
+        if not isinstance(value, str):
+            return R.Rejected(row_id, path, R.NOT_TEXT, f"{self.spec.text_column!r} is {type(value).__name__}, not text")
+        if len(value) > self.spec.max_value_bytes:
+            return R.Rejected(row_id, path, R.TOO_LARGE,
+                              f"{len(value)} characters exceeds the {self.spec.max_value_bytes} limit")
+        try:
+            value.encode("utf-8")  # CSV bytes decoded with surrogateescape, or a JSON "\\ud800" escape
+        except UnicodeEncodeError:
+            return R.Rejected(row_id, path, R.INVALID_UTF8, "invalid UTF-8 bytes or unpaired surrogates in the text")
+        if not value.strip():
+            return R.Rejected(row_id, path, R.EMPTY_TEXT, "empty or whitespace-only text")
+        truncated = len(value) > self.spec.max_text_chars
+        return R.Row(row_id, path, value[: self.spec.max_text_chars] if truncated else value, extras, truncated)
+
+    def image_row(self, row_id: str, path: str, value, extras: dict):
+        if value is None:
+            return R.Rejected(row_id, path, R.MISSING_TEXT, f"{self.spec.image_column!r} is null")
+        if not isinstance(value, (bytes, bytearray)):
+            return R.Rejected(row_id, path, R.UNDECODABLE_IMAGE, f"image value is {type(value).__name__}, not bytes")
+        if not value:
+            return R.Rejected(row_id, path, R.EMPTY_FILE, "empty image (0 bytes)")
+        if len(value) > self.spec.max_value_bytes:
+            return R.Rejected(row_id, path, R.TOO_LARGE, f"{len(value)} bytes exceeds the {self.spec.max_value_bytes} limit")
+        return R.Row(row_id, path, bytes(value), extras)
+
+    def _record(self, path: str, index: int, record: dict):
+        """A dict-shaped record (Parquet, JSONL, CSV) -> Row or Rejected."""
+        raw_id = record.get(self.spec.id_column)
+        row_id = f"{path}:{index}" if raw_id is None or raw_id == "" else str(raw_id)
+        extras = {c: record.get(c) for c in self.spec.keep_columns}
+        if self.spec.kind == "image":
+            return self.image_row(row_id, path, record.get(self.spec.image_column), extras)
+        if self.spec.text_column not in record:
+            return R.Rejected(row_id, path, R.MISSING_TEXT, f"no {self.spec.text_column!r} field")
+        return self.text_row(row_id, path, record[self.spec.text_column], extras)
+
+    # formats -----------------------------------------------------------------------------------
+    def _read_txt(self, path, handle):
+        for number, line in enumerate(handle, start=1):
+            yield self.text_row(f"{path}:{number}", path, line.rstrip(b"\r\n"), {})
+
+    def _read_jsonl(self, path, handle):
+        for number, line in enumerate(handle, start=1):
+            row_id = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except UnicodeDecodeError as exc:
+                yield R.Rejected(row_id, path, R.INVALID_UTF8, f"invalid UTF-8: {exc.reason} at byte {exc.start}")
+                continue
+            except ValueError as exc:
+                yield R.Rejected(row_id, path, R.INVALID_JSON, f"invalid JSON: {exc}")
+                continue
+            if not isinstance(record, dict):
+                yield R.Rejected(row_id, path, R.INVALID_JSON, f"a JSON {type(record).__name__}, not an object")
+                continue
+            yield self._record(path, number, record)
+
+    def _read_csv(self, path, handle):
+        text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
+        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+        reader = csv.DictReader(text, delimiter=delimiter)
+        number = 1
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield R.Rejected(f"{path}:{reader.line_num}", path, R.INVALID_CSV, str(exc))
+                continue
+            number = reader.line_num
+            if None in record:  # more fields than the header names
+                yield R.Rejected(f"{path}:{number}", path, R.INVALID_CSV, "more fields than header columns")
+                continue
+            yield self._record(path, number, record)
+
+    def _read_parquet(self, path, handle):
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(handle)
+        names = set(parquet.schema_arrow.names)
+        value_column = self.spec.image_column if self.spec.kind == "image" else self.spec.text_column
+        wanted = [c for c in dict.fromkeys([self.spec.id_column, value_column, *self.spec.keep_columns]) if c in names]
+        index = 0
+        for batch in parquet.iter_batches(batch_size=self.spec.chunk_rows, columns=wanted):
+            for record in batch.to_pylist():
+                index += 1
+                if value_column not in names:
+                    yield R.Rejected(f"{path}:{index}" if record.get(self.spec.id_column) is None
+                                     else str(record[self.spec.id_column]), path, R.MISSING_TEXT,
+                                     f"no column {value_column!r} in this file")
+                    continue
+                yield self._record(path, index, record)
+
+    def _read_image(self, path, handle):
+        data = handle.read(self.spec.max_value_bytes + 1)
+        yield self.image_row(path, path, data, {})
+
+
+def match_inputs(pattern: str) -> list[str]:
+    """The files a glob names, through Beam's filesystems (local, gs://, s3://, …); refuses an empty match."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception as exc:  # Beam raises BeamIOError with nested causes
+        raise HubbeamError(f"cannot list input {pattern!r}: {exc}") from exc
+    files = sorted(m.path for m in matches if not os.path.basename(m.path).startswith("."))
+    if not files:
+        raise HubbeamError(f"no input files match {pattern!r}")
+    return files

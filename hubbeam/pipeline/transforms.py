@@ -1,0 +1,203 @@
+"""Beam transforms: EmbedText / EmbedImages for any pipeline, and the reading step of hubbeam's own job.
+
+Why a DoFn and not RunInference: the embedding step needs (1) length-aware batching *inside* a chunk of
+rows — RunInference's BatchElements is blind to text length, so batches of mixed lengths pad to the
+longest; (2) a dead letter per row for images that fail to decode and for rows whose embedding fails,
+found by bisecting a failed batch; and (3) provenance (module digest, output dimension) fixed at
+construction time for the Parquet schema. The model lifecycle still sits behind a small interface
+(hubbeam.pipeline.model), loaded once per worker process through `Shared`, as RunInference does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from hubbeam.pipeline import rows as R
+from hubbeam.pipeline.model import ModelHandle, ModuleSpec, embed_isolating_failures, take_pending_loads, text_batches
+from hubbeam.pipeline.sources import InputSpec, RowReader
+
+log = logging.getLogger(__name__)
+progress = logging.getLogger("hubbeam.progress")
+
+REJECTED = "rejected"
+INPUT_COUNTS = "input_counts"
+PROGRESS_EVERY_S = 10.0
+
+
+def as_row(element, kind: str) -> R.Row | R.Rejected:
+    """Accept Row, (id, value) pairs and {"id", "text"|"image"} dicts from other people's pipelines."""
+    if isinstance(element, (R.Row, R.Rejected)):
+        return element
+    if isinstance(element, dict):
+        element = (element.get("id"), element.get("text" if kind == "text" else "image"))
+    row_id, value = element
+    reader = RowReader(InputSpec(kind=kind))
+    make = reader.text_row if kind == "text" else reader.image_row
+    return make(str(row_id), "", value, {})
+
+
+class ReadRows(beam.DoFn):
+    """A matched file -> Row (main), Rejected ('rejected') and (path, rows read) ('input_counts')."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+        self.rows_read = Metrics.counter("hubbeam", "rows_read")
+
+    def process(self, readable_file):
+        path = readable_file.metadata.path
+        count = 0
+        for item in RowReader(self.spec).read(path, lambda: readable_file.open(compression_type="uncompressed")):
+            count += 1
+            if isinstance(item, R.Rejected):
+                yield beam.pvalue.TaggedOutput(REJECTED, item)
+            else:
+                yield item
+        self.rows_read.inc(count)
+        yield beam.pvalue.TaggedOutput(INPUT_COUNTS, (path, count))
+
+
+class EmbedChunks(beam.DoFn):
+    """A chunk of rows -> pyarrow Tables of embeddings (main) and Rejected rows ('rejected')."""
+
+    def __init__(self, model: ModelHandle, schema, kind: str, batch_size: int, budget_chars: int,
+                 image_size: tuple[int, int] | None):
+        self.model_handle = model
+        self.schema = schema
+        self.kind = kind
+        self.batch_size = batch_size
+        self.budget_chars = budget_chars
+        self.image_size = image_size
+        self.loads = Metrics.counter("hubbeam", "module_loads")
+        self.bundles = Metrics.counter("hubbeam", "bundles")
+        self.embedded = Metrics.counter("hubbeam", "rows_embedded")
+        self.rejected = Metrics.counter("hubbeam", "rows_rejected")
+        self.batches = Metrics.counter("hubbeam", "batches")
+        self.padding = Metrics.counter("hubbeam", "padded_chars")
+
+    def setup(self):
+        self.model = self.model_handle.acquire()
+        self._done, self._since, self._last_report = 0, time.monotonic(), time.monotonic()
+
+    def start_bundle(self):
+        self.loads.inc(take_pending_loads())
+        self.bundles.inc()
+        Metrics.counter("hubbeam.workers", f"pid-{os.getpid()}").inc()  # one counter per worker process
+
+    def process(self, chunk):
+        rows, rejected = [], []
+        for element in chunk:
+            row = as_row(element, self.kind)
+            (rejected if isinstance(row, R.Rejected) else rows).append(row)
+        inputs = [r.value for r in rows]
+        if self.kind == "image":
+            inputs, rows = self._decode(rows, rejected)
+        batches = (text_batches(inputs, self.batch_size, self.budget_chars) if self.kind == "text"
+                   else [list(range(i, min(i + self.batch_size, len(rows)))) for i in range(0, len(rows), self.batch_size)])
+        for batch in batches:
+            yield from self._embed_batch([rows[i] for i in batch], [inputs[i] for i in batch], rejected)
+        for item in rejected:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, item)
+        self._report(len(chunk))
+
+    def _decode(self, rows, rejected):
+        from hubbeam.images import ImageDecodeError, decode_image
+
+        arrays, kept = [], []
+        for row in rows:
+            try:
+                arrays.append(decode_image(row.value, self.image_size))
+                kept.append(row)
+            except ImageDecodeError as exc:
+                rejected.append(R.Rejected(row.id, row.source, exc.reason, str(exc)))
+        return arrays, kept
+
+    def _embed_batch(self, rows, inputs, rejected):
+        import numpy as np
+
+        from hubbeam.pipeline.output import embeddings_table
+
+        if self.kind == "text":
+            self.padding.inc(len(inputs) * max(map(len, inputs)) - sum(map(len, inputs)))
+            inputs = list(inputs)
+        else:
+            inputs = np.stack(inputs)
+
+        def failed(i, exc):
+            message = " ".join(str(exc).split())[:500] or type(exc).__name__
+            rejected.append(R.Rejected(rows[i].id, rows[i].source, R.EMBEDDING_FAILED, message))
+
+        for indices, vectors in embed_isolating_failures(self.model, inputs, failed):
+            self.batches.inc()
+            picked = [rows[i] for i in indices]
+            if not np.isfinite(vectors).all():
+                bad = ~np.isfinite(vectors).all(axis=1)
+                for i in np.flatnonzero(bad):
+                    failed(indices[i], ValueError("embedding is not finite"))
+                picked = [r for r, b in zip(picked, bad) if not b]
+                vectors = vectors[~bad]
+            if picked:
+                self.embedded.inc(len(picked))
+                yield embeddings_table(self.schema, picked, vectors, [R.content_sha256(r.value) for r in picked])
+
+    def _report(self, n: int) -> None:
+        self._done += n
+        now = time.monotonic()
+        if now - self._last_report >= PROGRESS_EVERY_S:
+            progress.info("worker %d: %d rows, %.0f rows/s", os.getpid(), self._done,
+                        self._done / max(now - self._since, 1e-9))
+            self._last_report = now
+
+
+class _Embed(beam.PTransform):
+    kind = "text"
+
+    def __init__(self, module: ModuleSpec | str, schema=None, batch_size: int = 64, chunk_rows: int = 512,
+                 budget_chars: int | None = None, image_size=None, reshuffle: bool = True):
+        super().__init__()
+        self.spec = module if isinstance(module, ModuleSpec) else ModuleSpec(module)
+        self.schema = schema
+        self.batch_size = batch_size
+        self.chunk_rows = max(chunk_rows, batch_size)
+        self.budget_chars = budget_chars or batch_size * 128
+        self.image_size = image_size
+        self.reshuffle = reshuffle
+
+    def expand(self, pcoll):
+        schema, image_size = self.schema, self.image_size
+        if schema is None or (self.kind == "image" and image_size is None):
+            schema, image_size = _describe(self.spec, self.kind)
+        if self.reshuffle:
+            pcoll = pcoll | "Spread" >> beam.Reshuffle()
+        chunks = pcoll | "Chunk" >> beam.BatchElements(min_batch_size=self.chunk_rows, max_batch_size=self.chunk_rows)
+        return chunks | "Embed" >> beam.ParDo(
+            EmbedChunks(ModelHandle(self.spec), schema, self.kind, self.batch_size, self.budget_chars, image_size)
+        ).with_outputs(REJECTED, main="embeddings")
+
+
+class EmbedText(_Embed):
+    """PCollection of Row, (id, text) or {"id", "text"} -> DoOutputsTuple with `embeddings` (pyarrow Tables:
+    id, embedding, source, content_sha256, truncated) and `rejected` (Rejected rows with reason codes)."""
+
+    kind = "text"
+
+
+class EmbedImages(_Embed):
+    """PCollection of Row, (id, image bytes) or {"id", "image"} -> `embeddings` and `rejected`, as EmbedText."""
+
+    kind = "image"
+
+
+def _describe(spec: ModuleSpec, kind: str):
+    """Load the module at construction time to learn its dimension and image size (for direct users)."""
+    from hubbeam.hub.loader import load
+    from hubbeam.pipeline.output import embeddings_schema
+
+    embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256)
+    provenance = {"module_handle": embedder.handle, "module_sha256": embedder.module_sha256,
+                  "signature": embedder.signature, "output_key": embedder.output_key, "dim": embedder.dim}
+    return embeddings_schema(embedder.dim, kind, {}, provenance), embedder.image_size
