@@ -243,16 +243,18 @@ def test_multi_processing_loads_module_once_per_worker(tmp_path, mixed_text_corp
     import apache_beam as beam
 
     from hubbeam.pipeline.job import build_pipeline, pipeline_options
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec
     from hubbeam.pipeline.output import prepare_output_dir
 
     _, _, good, _ = mixed_text_corpus
     job = EmbedJob(input=mixed_text_corpus[0], output=str(tmp_path / "out"), module=str(tiny_wordvec_module),
                    batch_size=2, chunk_rows=2)
     options, runner = pipeline_options(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    embedder = hubbeam.load(job.module)
+    model = ModelHandle(ModuleSpec(job.module))
+    loaded = model.acquire()  # the launcher's own load: worker processes cannot see it
     prepare_output_dir(job.output)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, job, embedder, [], "mp-test", runner)
+    build_pipeline(pipeline, job, model, [], "mp-test", runner)
     result = pipeline.run()
     result.wait_until_finish()
     counters = {(c.key.metric.namespace, c.key.metric.name): c.committed
@@ -263,6 +265,28 @@ def test_multi_processing_loads_module_once_per_worker(tmp_path, mixed_text_corp
     assert counters[("hubbeam", "bundles")] >= loads
     assert counters[("hubbeam", "batches")] > 4 * loads, "loads must be per process, not per batch"
     assert_matches_module(tmp_path / "out", tiny_wordvec_module, good)
+    del loaded
+
+
+def test_in_process_run_reuses_the_launchers_model(tmp_path, mixed_text_corpus, tiny_wordvec_module):
+    import apache_beam as beam
+
+    from hubbeam.pipeline.job import build_pipeline, pipeline_options
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec, take_pending_loads
+
+    take_pending_loads()
+    job = EmbedJob(input=mixed_text_corpus[0], output=str(tmp_path / "out"), module=str(tiny_wordvec_module),
+                   batch_size=2, chunk_rows=2)
+    options, runner = pipeline_options([])
+    model = ModelHandle(ModuleSpec(job.module))
+    loaded = model.acquire()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, job, model, [], "in-process", runner)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {(c.key.metric.namespace, c.key.metric.name): c.committed for c in result.metrics().query()["counters"]}
+    assert counters[("hubbeam", "module_loads")] == 1 and counters[("hubbeam", "batches")] > 4
+    assert loaded is model.acquire()
 
 
 @pytest.fixture

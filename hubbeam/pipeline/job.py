@@ -125,17 +125,20 @@ def _extra_types(job: EmbedJob, files: list[str]) -> dict:
     return {column: "string" for column in job.keep_columns}
 
 
-def build_pipeline(pipeline, job: EmbedJob, embedder, files: list[str], run_id: str, runner: str):
-    """Add the whole job to pipeline; the final step writes manifest and _SUCCESS."""
+def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str, runner: str):
+    """Add the whole job to pipeline; the final step writes manifest and _SUCCESS.
+
+    model is the launcher's ModelHandle, already loaded: in-process runners reuse that very model.
+    """
     import apache_beam as beam
     from apache_beam.io import fileio
     from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
     from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.model import ModuleSpec
     from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, EmbedImages, EmbedText, ReadRows
 
+    embedder = model.acquire().embedder
     kind = embedder.input_kind
     spec = InputSpec(kind=kind, format=job.input_format, id_column=job.id_column, text_column=job.text_column,
                      image_column=job.image_column, keep_columns=tuple(job.keep_columns), chunk_rows=job.chunk_rows,
@@ -146,9 +149,8 @@ def build_pipeline(pipeline, job: EmbedJob, embedder, files: list[str], run_id: 
                   "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
     schema = out.embeddings_schema(embedder.dim, kind, _extra_types(job, files), provenance, job.float16)
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
-    module = ModuleSpec(job.module, embedder.signature, embedder.output_key, embedder.module_sha256)
     transform = (EmbedText if kind == "text" else EmbedImages)(
-        module, schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows, image_size=embedder.image_size)
+        model.pinned(embedder.module_sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows, image_size=embedder.image_size)
 
     read = (pipeline
             | "Match" >> fileio.MatchFiles(job.input)
@@ -174,7 +176,7 @@ def build_pipeline(pipeline, job: EmbedJob, embedder, files: list[str], run_id: 
     manifest_base = {
         "hubbeam_version": __version__,
         "run_id": run_id,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "runner": runner,
         "input": job.input,
         "module": {"handle": embedder.handle, "sha256": embedder.module_sha256, "signature": embedder.signature,
@@ -198,12 +200,14 @@ def run_embed(job: EmbedJob, beam_args: list[str] = ()) -> dict:
     """Run the job to completion; returns the manifest. Raises HubbeamError for anything the user can fix."""
     import apache_beam as beam
 
-    from hubbeam.hub.loader import load
     from hubbeam.pipeline import output as out
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec
 
     options, runner = pipeline_options(list(beam_args))
     files = match_inputs(job.input)
-    embedder = load(job.module, signature=job.signature, output_key=job.output_key, sha256=job.sha256)
+    model = ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256))
+    loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again
+    embedder = loaded.embedder
     kind = embedder.input_kind
     if kind not in ("text", "image"):
         raise HubbeamError(f"signature {embedder.signature!r} of {embedder.handle} takes several inputs "
@@ -218,8 +222,9 @@ def run_embed(job: EmbedJob, beam_args: list[str] = ()) -> dict:
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     out.prepare_output_dir(job.output)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, job, embedder, files, run_id, runner)
+    build_pipeline(pipeline, job, model, files, run_id, runner)
     pipeline.run().wait_until_finish()
+    del loaded
     return out.read_manifest(job.output)
 
 

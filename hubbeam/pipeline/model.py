@@ -30,7 +30,9 @@ class ModuleSpec:
 
     @property
     def tag(self) -> str:
-        return f"{self.handle}|{self.signature}|{self.output_key}|{self.sha256}"
+        # The pin is left out: it only verifies content, so a pinned and an unpinned spec of one handle
+        # share the model a process already loaded (the launcher's, for in-process runners).
+        return f"{self.handle}|{self.signature}|{self.output_key}"
 
 
 class LoadedModule:
@@ -70,6 +72,13 @@ class ModelHandle:
 
     def acquire(self) -> LoadedModule:
         return self._shared.acquire(lambda: LoadedModule(self.spec), tag=self.spec.tag)
+
+    def pinned(self, sha256: str) -> "ModelHandle":
+        """The same process-wide model, with workers elsewhere pinned to exactly this content."""
+        other = ModelHandle.__new__(ModelHandle)
+        other.spec = ModuleSpec(self.spec.handle, self.spec.signature, self.spec.output_key, sha256)
+        other._shared = self._shared
+        return other
 
 
 def text_batches(values: list[str], batch_size: int, budget_chars: int) -> list[list[int]]:

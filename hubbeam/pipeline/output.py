@@ -161,7 +161,7 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
     seconds = max((finished - started).total_seconds(), 1e-9)
     manifest = {
         **manifest_base,
-        "finished_at": finished.isoformat(timespec="seconds"),
+        "finished_at": finished.isoformat(timespec="milliseconds"),
         "seconds": round(seconds, 3),
         "rows_read": rows_read,
         "rows_embedded": rows_embedded,

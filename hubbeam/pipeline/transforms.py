@@ -156,10 +156,14 @@ class EmbedChunks(beam.DoFn):
 class _Embed(beam.PTransform):
     kind = "text"
 
-    def __init__(self, module: ModuleSpec | str, schema=None, batch_size: int = 64, chunk_rows: int = 512,
-                 budget_chars: int | None = None, image_size=None, reshuffle: bool = True):
+    def __init__(self, module: ModelHandle | ModuleSpec | str, schema=None, batch_size: int = 64,
+                 chunk_rows: int = 512, budget_chars: int | None = None, image_size=None, reshuffle: bool = True):
         super().__init__()
-        self.spec = module if isinstance(module, ModuleSpec) else ModuleSpec(module)
+        if isinstance(module, ModelHandle):
+            self.model = module
+        else:
+            self.model = ModelHandle(module if isinstance(module, ModuleSpec) else ModuleSpec(module))
+        self.spec = self.model.spec
         self.schema = schema
         self.batch_size = batch_size
         self.chunk_rows = max(chunk_rows, batch_size)
@@ -175,7 +179,7 @@ class _Embed(beam.PTransform):
             pcoll = pcoll | "Spread" >> beam.Reshuffle()
         chunks = pcoll | "Chunk" >> beam.BatchElements(min_batch_size=self.chunk_rows, max_batch_size=self.chunk_rows)
         return chunks | "Embed" >> beam.ParDo(
-            EmbedChunks(ModelHandle(self.spec), schema, self.kind, self.batch_size, self.budget_chars, image_size)
+            EmbedChunks(self.model, schema, self.kind, self.batch_size, self.budget_chars, image_size)
         ).with_outputs(REJECTED, main="embeddings")
 
 
