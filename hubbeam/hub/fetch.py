@@ -136,9 +136,16 @@ def filesystem_for(url: str):
         )
         return fs, path
     if protocol == "gs":
-        token = os.environ.get("HUBBEAM_GCS_TOKEN") or ("anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None)
-        fs = fsspec.filesystem("gs", skip_instance_cache=True, token=token, requests_timeout=_timeouts()[1])
-        return fs, path
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        token = os.environ.get("HUBBEAM_GCS_TOKEN") or ("anon" if emulator else None)
+        kwargs = dict(skip_instance_cache=True, token=token, requests_timeout=_timeouts()[1])
+        if emulator:
+            # gcsfs's default class (ExtendedGcsFileSystem) first asks the gRPC Storage Control API for the
+            # bucket's layout; emulators speak only the JSON API, so each call would stall ~60 s on retries.
+            from gcsfs.core import GCSFileSystem
+
+            return GCSFileSystem(**kwargs), path
+        return fsspec.filesystem("gs", **kwargs), path
     raise ValueError(f"not an object-store URL: {url}")
 
 
