@@ -7,13 +7,14 @@ MODULES_DIR ?= build/modules
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv demo test test-long modules golden clean help
+.PHONY: venv demo test test-long modules golden bench clean help
 
 help:
 	@echo "make demo       build the bundled modules and run the main job end to end"
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make test-long  soak and load tests"
 	@echo "make modules    build minilm, digits and wordvec into $(MODULES_DIR)/"
+	@echo "make bench      pipeline vs plain TF loop (BENCHMARKS.md); ROWS=2000 by default"
 	@echo "make golden     regenerate the minilm golden vectors (installs PyTorch into .venv-ref)"
 
 venv: $(STAMP)
@@ -39,6 +40,11 @@ test: $(STAMP)
 
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long tests; rc=$$?; [ $$rc -eq 5 ] && echo "no long tests selected" || exit $$rc
+
+ROWS ?= 2000
+bench: $(STAMP)
+	test -d $(MODULES_DIR)/minilm || $(BIN)/python -m hubbeam build-module minilm --out $(MODULES_DIR)/minilm
+	$(BIN)/python bench/embed_bench.py --rows $(ROWS) --module $(MODULES_DIR)/minilm
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,22 +1,21 @@
-"""`make demo`: build the bundled modules and show them working on real sentences and images.
+"""`make demo`: build the bundled modules and run the main job end to end on sample data.
 
-Until the Beam pipeline lands this is the end-to-end run: build minilm, digits and wordvec, inspect
-them, pack one and resolve it through the cache as a pinned tarball, then embed sentences and digit images.
+1. build minilm, digits and wordvec (skipped when already built) and inspect them;
+2. pack wordvec into a tarball in a local folder standing in for the bucket, resolve it pinned;
+3. `hubbeam embed` a sample text corpus (real text from installed packages, plus a few bad rows) with
+   minilm, and a folder of digit images (plus a broken one) with digits, on the in-process Beam runner;
+4. read the embeddings back and show nearest neighbours.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import tarfile
 from pathlib import Path
 
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "Une femme joue du violon.",
-]
+QUERIES = ["how do I parse command line arguments", "read and write files in a folder", "unit tests"]
 
 
 def build_missing(modules_dir: Path) -> dict[str, Path]:
@@ -35,23 +34,6 @@ def build_missing(modules_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def write_digit_images(out: Path, count: int = 4) -> list[Path]:
-    """A few held-out digits from scikit-learn's data set, as real PNG files."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_digits()
-    files = []
-    for i in range(len(data.images) - count, len(data.images)):
-        pixels = (data.images[i] / 16 * 255).astype(np.uint8)
-        path = out / f"digit-{i}-label-{data.target[i]}.png"
-        Image.fromarray(pixels, mode="L").resize((64, 64), Image.Resampling.NEAREST).save(path)
-        files.append(path)
-    return files
-
-
 def pack_for_demo(module: Path, archive: Path) -> str:
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
@@ -60,38 +42,77 @@ def pack_for_demo(module: Path, archive: Path) -> str:
     return hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
+def write_text_corpus(root: Path, rows: int) -> str:
+    from hubbeam.samples import write_corpus
+
+    write_corpus(root, rows, shards=2)
+    with open(root / "part-bad.jsonl", "w") as f:  # what real corpora contain too
+        for row in [{"id": "blank", "text": "   "}, {"id": "nothing", "text": None}, {"id": "number", "text": 7}]:
+            f.write(json.dumps(row) + "\n")
+        f.write("{truncated json\n")
+    return str(root / "part-*.jsonl")
+
+
+def nearest(ids, matrix, texts: dict, query_vectors, queries, k=3) -> None:
+    import numpy as np
+
+    scores = query_vectors @ matrix.T
+    for query, row in zip(queries, scores):
+        print(f"  {query!r}")
+        for j in np.argsort(-row)[:k]:
+            snippet = " ".join(texts[ids[j]].split())[:90]
+            print(f"     {row[j]:.3f}  {ids[j]}  {snippet}")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="build/demo")
     parser.add_argument("--modules-dir", default="build/modules")
+    parser.add_argument("--rows", type=int, default=300, help="rows in the sample text corpus")
     args = parser.parse_args(argv)
     workdir, modules_dir = Path(args.workdir), Path(args.modules_dir)
-
-    import os
-
     os.environ.setdefault("HUBBEAM_CACHE_DIR", str(workdir / "cache"))
+
     from hubbeam.cli import main as cli
+    from hubbeam.pipeline import read_embeddings
+    from hubbeam.samples import write_digit_images
 
     paths = build_missing(modules_dir)
     for name, path in paths.items():
         print(f"\n[inspect] hubbeam inspect {path}")
         cli(["inspect", str(path)])
 
-    archive = workdir / "published" / "wordvec.tar.gz"
-    digest = pack_for_demo(paths["wordvec"], archive)
-    handle = f"{archive}#sha256={digest}"
+    bucket = workdir / "bucket"
+    digest = pack_for_demo(paths["wordvec"], bucket / "wordvec" / "1" / "wordvec.tar.gz")
+    handle = f"{bucket}/wordvec/1/wordvec.tar.gz#sha256={digest}"
     print(f"\n[resolve] hubbeam resolve {handle}")
     cli(["resolve", handle])
 
-    print(f"\n[encode]  hubbeam encode --module {paths['minilm']} …")
-    cli(["encode", "--module", str(paths["minilm"]), *SENTENCES])
-    print(f"\n[encode]  hubbeam encode --module {handle} …")
-    cli(["encode", "--module", handle, *SENTENCES])
+    corpus = write_text_corpus(workdir / "corpus", args.rows)
+    text_out = workdir / "embeddings" / "text"
+    print(f"\n[embed]   hubbeam embed --input '{corpus}' --output {text_out} --module {paths['minilm']}")
+    if cli(["embed", "--input", corpus, "--output", str(text_out), "--module", str(paths["minilm"])]) != 0:
+        return 1
 
-    images = write_digit_images(workdir / "images")
-    print(f"\n[encode]  hubbeam encode --module {paths['digits']} --image …")
-    cli(["encode", "--module", str(paths["digits"]), "--image", *map(str, images)])
-    print(f"\ndemo finished: modules in {modules_dir}/, cache in {os.environ['HUBBEAM_CACHE_DIR']}, images in {workdir}/images")
+    images = workdir / "images"
+    write_digit_images(images, count=24)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    image_out = workdir / "embeddings" / "images"
+    print(f"\n[embed]   hubbeam embed --input '{images}/*' --output {image_out} --module {paths['digits']}")
+    if cli(["embed", "--input", f"{images}/*", "--output", str(image_out), "--module", str(paths["digits"])]) != 0:
+        return 1
+
+    import hubbeam
+
+    print("\n[search]  nearest rows of the text embeddings to a few queries")
+    ids, matrix = read_embeddings(str(text_out))
+    texts = {}
+    for path in sorted((workdir / "corpus").glob("part-0*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            texts[row["id"]] = row["text"]
+    nearest(ids, matrix, texts, hubbeam.load(str(paths["minilm"]))(QUERIES), QUERIES)
+    print(f"\ndemo finished: modules in {modules_dir}/, embeddings and manifests in {workdir}/embeddings/")
     return 0
 
 

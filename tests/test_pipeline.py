@@ -183,18 +183,10 @@ def test_text_batches_group_by_length_within_budget():
 
 @pytest.fixture(scope="module")
 def image_corpus(tmp_path_factory):
-    from sklearn.datasets import load_digits
+    from hubbeam.samples import write_digit_images
 
     root = tmp_path_factory.mktemp("images")
-    data = load_digits()
-    good = {}
-    for n, i in enumerate(range(len(data.images) - 12, len(data.images))):
-        pixels = (data.images[i] / 16 * 255).round().astype(np.uint8)
-        image = Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.NEAREST)
-        fmt = ["png", "jpg", "gif", "bmp", "webp", "tiff"][n % 6]
-        path = root / f"digit-{i}.{fmt}"
-        image.convert("RGB").save(path, quality=100) if fmt == "jpg" else image.save(path)
-        good[str(path)] = path
+    good = {str(p): p for p in write_digit_images(root, count=12)}
     bad = {}
     (root / "zero.png").write_bytes(b"")
     bad[str(root / "zero.png")] = "empty_file"

@@ -196,8 +196,11 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
                               AsSingleton(rows_embedded), AsSingleton(rows_rejected), AsDict(by_reason)))
 
 
-def run_embed(job: EmbedJob, beam_args: list[str] = ()) -> dict:
-    """Run the job to completion; returns the manifest. Raises HubbeamError for anything the user can fix."""
+def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
+    """Run the job to completion; returns the manifest. Raises HubbeamError for anything the user can fix.
+
+    model: an already loaded ModelHandle for job.module (the benchmark passes one so load time stays apart).
+    """
     import apache_beam as beam
 
     from hubbeam.pipeline import output as out
@@ -205,7 +208,7 @@ def run_embed(job: EmbedJob, beam_args: list[str] = ()) -> dict:
 
     options, runner = pipeline_options(list(beam_args))
     files = match_inputs(job.input)
-    model = ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256))
+    model = model or ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256))
     loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again
     embedder = loaded.embedder
     kind = embedder.input_kind

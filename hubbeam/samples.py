@@ -1,0 +1,92 @@
+"""Sample data made from what is installed, for the demo, the benchmarks and tests: no downloads.
+
+Text: real English with a realistic mix of lengths, from what is installed: package descriptions (METADATA) and the Python standard library's
+docstrings. Rows are short queries (~10 tokens), sentences (~25 tokens) and paragraphs (150–250 tokens),
+40/40/20, shuffled with a fixed seed, written as JSONL shards with ids.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import json
+import random
+import re
+from pathlib import Path
+
+MIX = (("query", 0.4), ("sentence", 0.4), ("paragraph", 0.2))
+
+
+def _paragraphs() -> list[str]:
+    texts = []
+    for dist in sorted(importlib.metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
+        payload = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else None
+        if payload:
+            texts.extend(payload.split("\n\n"))
+    import argparse, collections, email, json as json_mod, logging, pathlib, sqlite3, tarfile, typing, unittest
+
+    for module in (argparse, collections, email, json_mod, logging, pathlib, sqlite3, tarfile, typing, unittest):
+        for _, obj in sorted(vars(module).items()):
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            if doc:
+                texts.extend(doc.split("\n\n"))
+    cleaned = []
+    for text in texts:
+        text = re.sub(r"`{1,3}|\*{1,2}|#{1,6} |={3,}|-{3,}|\[!\[.*?\]\(.*?\)\]\(.*?\)", " ", text)
+        text = " ".join(text.split())
+        if len(text.split()) >= 5 and sum(c.isalpha() for c in text) > 0.6 * len(text):
+            cleaned.append(text)
+    return sorted(set(cleaned))
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    paragraphs = _paragraphs()
+    words_of = [p.split() for p in paragraphs]
+    sentences = [s for p in paragraphs for s in re.split(r"(?<=[.!?])\s+", p) if 15 <= len(s.split()) <= 35]
+    long = [p for p, w in zip(paragraphs, words_of) if 110 <= len(w) <= 190]  # ~150–250 WordPiece tokens
+    rng = random.Random(seed)
+    rows = []
+    for kind, share in MIX:
+        for _ in range(round(n * share)):
+            if kind == "query":
+                words = rng.choice(words_of)
+                start = rng.randrange(max(len(words) - 8, 1))
+                text = " ".join(words[start:start + rng.randint(5, 9)])
+            elif kind == "sentence":
+                text = rng.choice(sentences)
+            else:
+                text = rng.choice(long)
+            rows.append({"kind": kind, "text": text})
+    rng.shuffle(rows)
+    return [{"id": f"row-{i:07d}", **row} for i, row in enumerate(rows[:n])]
+
+
+def write_corpus(out: Path, n: int, shards: int = 4, seed: int = 0) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = make_rows(n, seed)
+    paths = []
+    for shard in range(shards):
+        path = out / f"part-{shard:05d}.jsonl"
+        with open(path, "w") as f:
+            for row in rows[shard::shards]:
+                f.write(json.dumps(row) + "\n")
+        paths.append(path)
+    return paths
+
+
+def write_digit_images(out: Path, count: int = 12, formats=("png", "jpg", "gif", "bmp", "webp", "tiff")) -> list[Path]:
+    """The last `count` digits of scikit-learn's data set as real image files of several formats."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_digits()
+    files = []
+    for n, i in enumerate(range(len(data.images) - count, len(data.images))):
+        pixels = (data.images[i] / 16 * 255).round().astype(np.uint8)
+        image = Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.NEAREST)
+        fmt = formats[n % len(formats)]
+        path = out / f"digit-{i}-label-{data.target[i]}.{fmt}"
+        (image.convert("RGB") if fmt == "jpg" else image).save(path, **({"quality": 100} if fmt == "jpg" else {}))
+        files.append(path)
+    return files
