@@ -49,26 +49,33 @@ class EmbedJob:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="glob of input shards (local, gs://, s3:// via Beam filesystems)")
-    parser.add_argument("--output", required=True, help="output folder; a rerun replaces it cleanly")
-    parser.add_argument("--module", required=True, help="module handle (folder, .tar.gz, https://, gs://, s3://)")
-    parser.add_argument("--input-format", choices=FORMATS, default="auto",
-                        help="default: from each file's extension (.parquet .jsonl .csv .tsv .txt, image types)")
-    parser.add_argument("--id-column", default="id", help="id field (default: id; missing -> FILE:ROW)")
-    parser.add_argument("--text-column", default="text", help="text field (default: text)")
-    parser.add_argument("--image-column", default="image", help="binary image column in Parquet (default: image)")
-    parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
-    parser.add_argument("--signature", help="module signature (default: 'default')")
-    parser.add_argument("--output-key", help="named output (default: 'default')")
-    parser.add_argument("--sha256", help="pin the module's sha256 (archive or tree digest)")
-    parser.add_argument("--batch-size", type=int, default=64, help="most rows per model call (default: 64)")
-    parser.add_argument("--chunk-rows", type=int, default=512,
-                        help="rows sorted by length together before batching (default: 512)")
-    parser.add_argument("--max-text-chars", type=int, default=20_000,
-                        help="longer texts are truncated and flagged truncated=true (default: 20000)")
-    parser.add_argument("--float16", action="store_true", help="store embeddings as float16")
-    parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: runner decides)")
-    parser.add_argument("--parquet-codec", default="snappy", help="Parquet compression (default: snappy)")
+    """The job's own flags. Each --dashed-name also answers to --dashed_name: Airflow's Beam operator
+    writes pipeline options in that form."""
+
+    def option(name: str, **kwargs):
+        aliases = [f"--{name.replace('-', '_')}"] if "-" in name else []
+        parser.add_argument(f"--{name}", *aliases, **kwargs)
+
+    option("input", required=True, help="glob of input shards (local, gs://, s3:// via Beam filesystems)")
+    option("output", required=True, help="output folder; a rerun replaces it cleanly")
+    option("module", required=True, help="module handle (folder, .tar.gz, https://, gs://, s3://)")
+    option("input-format", choices=FORMATS, default="auto",
+           help="default: from each file's extension (.parquet .jsonl .csv .tsv .txt, image types)")
+    option("id-column", default="id", help="id field (default: id; missing -> FILE:ROW)")
+    option("text-column", default="text", help="text field (default: text)")
+    option("image-column", default="image", help="binary image column in Parquet (default: image)")
+    option("keep-columns", default="", help="comma-separated input columns copied to the output")
+    option("signature", help="module signature (default: 'default')")
+    option("output-key", help="named output (default: 'default')")
+    option("sha256", help="pin the module's sha256 (archive or tree digest)")
+    option("batch-size", type=int, default=64, help="most rows per model call (default: 64)")
+    option("chunk-rows", type=int, default=512,
+           help="rows sorted by length together before batching (default: 512)")
+    option("max-text-chars", type=int, default=20_000,
+           help="longer texts are truncated and flagged truncated=true (default: 20000)")
+    option("float16", action="store_true", help="store embeddings as float16")
+    option("num-shards", type=int, default=0, help="output shards (default: runner decides)")
+    option("parquet-codec", default="snappy", help="Parquet compression (default: snappy)")
 
 
 def job_from_args(args: argparse.Namespace) -> EmbedJob:

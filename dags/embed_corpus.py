@@ -1,0 +1,85 @@
+"""embed_corpus: embed corpus snapshots with a module on Apache Beam; runs when a snapshot lands, or by hand.
+
+plan -> embed (one mapped run of the Beam job per snapshot still to do, with this environment's own
+interpreter: nothing is installed at run time) -> check (every manifest complete and accounted for) -> emits
+the embeddings asset. Outputs are keyed by the module's digest: with the same module only new snapshots are
+embedded; a new module digest embeds everything again.
+
+The job runs through the standard BashOperator, not the Beam provider's BeamRunPythonPipelineOperator: in
+apache-airflow-providers-apache-beam 6.3.1 that operator cannot even be constructed without
+apache-airflow-providers-google (its Dataflow mixin raises), which would add ~100 packages (ray, litellm, …)
+to every install. The command is the same one the Beam operator would run (`python job.py --runner=… --opt=…`),
+so the runner Param still selects FnApiRunner, PortableRunner, Dataflow, Flink or Spark. Not deferred: with a
+local runner the pipeline runs in the task itself; with a remote runner the task waits for the job.
+"""
+from __future__ import annotations
+
+import pendulum
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Asset, Param, task
+
+from hubbeam.orchestration import airflow_support as support
+
+CORPUS = Asset(name="hubbeam_corpus", uri=support.asset_uri(support.corpus_root()))
+EMBEDDINGS = Asset(name="hubbeam_embeddings", uri=support.asset_uri(support.embeddings_root()))
+
+with DAG(
+    dag_id="embed_corpus",
+    description="corpus snapshots -> embeddings Parquet (Beam), only what changed unless the module changed",
+    schedule=[CORPUS],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=support.STORAGE_RETRIES,
+    params={
+        "module": Param(support.default_module(), type="string", minLength=1,
+                        description="module handle: folder, .tar.gz, https://, gs://, s3://"),
+        "signature": Param(None, type=["null", "string"]),
+        "output_key": Param(None, type=["null", "string"]),
+        "input_kind": Param("auto", enum=["auto", "text", "image"],
+                            description="auto: from the module's metadata"),
+        "input": Param("", type="string", description="explicit input glob instead of the corpus snapshots"),
+        "output": Param("", type="string", description="output folder for an explicit input"),
+        "corpus_root": Param(support.corpus_root(), type="string", minLength=1),
+        "embeddings_root": Param(support.embeddings_root(), type="string", minLength=1),
+        "runner": Param("FnApiRunner", enum=support.RUNNERS),
+        "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
+        "beam_options": Param({}, type="object", description="extra Beam pipeline options, e.g. "
+                              '{"direct_running_mode": "multi_processing", "direct_num_workers": 2}'),
+    },
+    tags=["hubbeam"],
+) as dag:
+
+    @task
+    def plan(params=None) -> list[dict]:
+        from hubbeam.errors import HubbeamError
+        from hubbeam.orchestration.embedding import plan_embedding
+
+        options = {"runner": params["runner"], "batch_size": params["batch_size"], **params["beam_options"]}
+        for key in ("signature", "output_key"):
+            if params[key]:
+                options[key] = params[key]
+        if params["input"]:
+            if not params["output"]:
+                raise HubbeamError("an explicit input needs an output folder (param 'output')")
+            return [{**options, "input": params["input"], "output": params["output"], "module": params["module"]}]
+        return plan_embedding(params["corpus_root"], params["embeddings_root"], params["module"],
+                              params["input_kind"], options)
+
+    planned = plan()
+    embed = BashOperator.partial(task_id="embed", retries=1).expand(
+        bash_command=planned.map(support.beam_command))
+
+    @task(outlets=[EMBEDDINGS], trigger_rule="none_failed")
+    def check(runs: list[dict], outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from hubbeam.orchestration.embedding import check_outputs
+
+        if not runs:
+            raise AirflowSkipException("nothing new to embed")
+        totals = check_outputs([run["output"] for run in runs])
+        outlet_events[EMBEDDINGS].extra = {k: totals[k] for k in ("runs", "rows_embedded", "rows_rejected")}
+        return totals
+
+    embed >> check(planned)

@@ -1,0 +1,82 @@
+"""What the DAG files share: assets, retry policy, connections, data intervals. Imports no TensorFlow.
+
+Connections (any Airflow connection backend; `AIRFLOW_CONN_…` environment variables work):
+- `hubbeam_corpus_db`: the SQL source (sqlite, postgres, mysql …). Default when absent: the SQLite file
+  `DATA_ROOT/corpus.db` that `make demo` creates.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+from hubbeam.orchestration import storage
+
+CORPUS_DB_CONN_ID = "hubbeam_corpus_db"
+STORAGE_RETRIES = {"retries": 3, "retry_delay": dt.timedelta(seconds=5), "retry_exponential_backoff": True,
+                   "max_retry_delay": dt.timedelta(minutes=5)}
+RUNNERS = ["FnApiRunner", "PortableRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PrismRunner"]
+
+
+def corpus_root() -> str:
+    return storage.join(storage.data_root(), "corpus")
+
+
+def embeddings_root() -> str:
+    return storage.join(storage.data_root(), "embeddings")
+
+
+def modules_root() -> str:
+    return storage.join(storage.data_root(), "modules")
+
+
+def asset_uri(path: str) -> str:
+    return path if "://" in path else f"file://{os.path.abspath(path)}"
+
+
+def beam_job_file() -> str:
+    """The Beam job the operator runs, with this very interpreter (hubbeam is installed in it)."""
+    import hubbeam.pipeline
+
+    return os.path.join(os.path.dirname(hubbeam.pipeline.__file__), "job.py")
+
+
+def beam_command(options: dict) -> str:
+    """The shell command that runs the Beam job with these pipeline options, as the Beam operator would."""
+    import shlex
+
+    args = [sys.executable, beam_job_file()]
+    for key, value in options.items():
+        if isinstance(value, bool):
+            if value:
+                args.append(f"--{key}")
+        elif value is not None:
+            args.append(f"--{key}={value}")
+    return shlex.join(args)
+
+
+def default_module() -> str:
+    return os.environ.get("HUBBEAM_EMBED_MODULE") or os.path.abspath("build/modules/minilm")
+
+
+def sqlalchemy_url(conn_id: str = CORPUS_DB_CONN_ID) -> str:
+    """The SQLAlchemy URL of an Airflow connection (or the demo's SQLite file when it is not defined)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return f"sqlite:///{os.path.abspath(storage.join(storage.data_root(), 'corpus.db'))}"
+    if conn.conn_type == "sqlite":
+        return f"sqlite:///{conn.host}"
+    uri = conn.get_uri()
+    return uri.replace("postgres://", "postgresql://", 1)
+
+
+def data_interval(context) -> tuple[dt.datetime | None, dt.datetime]:
+    """(start, end) of what this run extracts: from the previous successful run's end (None on the first
+    run: everything) to this run's data interval end. A re-run of an interval gets the same bounds."""
+    end = context["data_interval_end"]
+    start = context.get("prev_data_interval_end_success")
+    return (start if start and start < end else None), end

@@ -1,0 +1,61 @@
+"""Which corpus snapshots still need embedding with a given module, and whether the runs were complete.
+
+Outputs are keyed by the module's content digest: with an unchanged module only snapshots not yet
+embedded are planned (only what changed); a new module digest starts a new folder, so everything is
+embedded again. Nothing here imports TensorFlow: the module is only resolved (to learn its digest) and
+its metadata read.
+"""
+from __future__ import annotations
+
+from hubbeam.errors import HubbeamError
+from hubbeam.orchestration import storage
+from hubbeam.orchestration.corpus import IMAGES_DIR, TEXT_DIR, finished_snapshots
+
+
+def module_identity(module: str, input_kind: str = "auto") -> dict:
+    from hubbeam.hub.metadata import read_metadata
+    from hubbeam.hub.resolver import resolve_module
+
+    resolved = resolve_module(module)
+    metadata = read_metadata(resolved.path) or {}
+    kind = input_kind if input_kind != "auto" else (metadata.get("input") or {}).get("kind", "text")
+    name = metadata.get("name") or resolved.path.name
+    return {"handle": resolved.handle, "sha256": resolved.sha256, "name": name, "kind": kind,
+            "folder": f"{name}-{resolved.sha256[:12]}"}
+
+
+def plan_embedding(corpus_root: str, embeddings_root: str, module: str, input_kind: str = "auto",
+                   options: dict | None = None) -> list[dict]:
+    """Pipeline options for each finished snapshot of the module's input kind not yet embedded with it."""
+    identity = module_identity(module, input_kind)
+    part = TEXT_DIR if identity["kind"] == "text" else IMAGES_DIR
+    plan = []
+    for snapshot in finished_snapshots(corpus_root):
+        manifest = storage.read_json(storage.join(corpus_root, snapshot, "manifest.json")) or {}
+        if not (manifest.get("rows") or {}).get(part):
+            continue
+        output = storage.join(embeddings_root, identity["folder"], snapshot, part)
+        if storage.exists(storage.join(output, "_SUCCESS")):
+            continue
+        plan.append({**(options or {}), "input": storage.join(corpus_root, snapshot, part, "part-*.parquet"),
+                     "output": output, "module": module,
+                     **({"image_column": "image"} if part == IMAGES_DIR else {})})
+    return plan
+
+
+def check_outputs(outputs: list[str]) -> dict:
+    """Each output finished (_SUCCESS) and accounted for (read == embedded + rejected); totals."""
+    from hubbeam.pipeline.output import read_manifest
+
+    totals = {"runs": 0, "rows_read": 0, "rows_embedded": 0, "rows_rejected": 0, "outputs": []}
+    for output in outputs:
+        manifest = read_manifest(output)
+        if manifest["rows_read"] != manifest["rows_embedded"] + manifest["rows_rejected"]:
+            raise HubbeamError(f"{output}: rows_read {manifest['rows_read']} != embedded {manifest['rows_embedded']}"
+                               f" + rejected {manifest['rows_rejected']}")
+        totals["runs"] += 1
+        for key in ("rows_read", "rows_embedded", "rows_rejected"):
+            totals[key] += manifest[key]
+        totals["outputs"].append({"output": output, "module_sha256": manifest["module"]["sha256"],
+                                  "rows_embedded": manifest["rows_embedded"]})
+    return totals
