@@ -7,10 +7,11 @@ MODULES_DIR ?= build/modules
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv demo test test-long modules golden bench clean help
+.PHONY: venv demo airflow test test-long modules golden bench clean help
 
 help:
 	@echo "make demo       build the bundled modules and run the main job end to end"
+	@echo "make airflow    airflow standalone (UI on http://localhost:8080) on the demo's AIRFLOW_HOME and data"
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make test-long  soak and load tests"
 	@echo "make modules    build minilm, digits and wordvec into $(MODULES_DIR)/"
@@ -34,6 +35,14 @@ modules: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m hubbeam.demo --workdir build/demo --modules-dir $(MODULES_DIR)
+
+DEMO := $(abspath build/demo)
+airflow: $(STAMP)
+	test -f $(DEMO)/airflow/airflow.db || $(MAKE) demo
+	AIRFLOW_HOME=$(DEMO)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	HUBBEAM_DATA_ROOT=$(DEMO)/data HUBBEAM_CACHE_DIR=$(DEMO)/cache HUBBEAM_EMBED_MODULE=$(abspath $(MODULES_DIR))/minilm \
+	AIRFLOW_CONN_HUBBEAM_CORPUS_DB='{"conn_type": "sqlite", "host": "$(DEMO)/data/corpus.db"}' \
+	$(BIN)/airflow standalone
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not long" tests

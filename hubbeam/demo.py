@@ -1,10 +1,13 @@
-"""`make demo`: build the bundled modules and run the main job end to end on sample data.
+"""`make demo`: the main job end to end on the embedded default.
 
-1. build minilm, digits and wordvec (skipped when already built) and inspect them;
-2. pack wordvec into a tarball in a local folder standing in for the bucket, resolve it pinned;
-3. `hubbeam embed` a sample text corpus (real text from installed packages, plus a few bad rows) with
-   minilm, and a folder of digit images (plus a broken one) with digits, on the in-process Beam runner;
-4. read the embeddings back and show nearest neighbours.
+1. build minilm, digits and wordvec (skipped when already built) and inspect one;
+2. pack wordvec into `build/demo/data/modules/…` (a local folder standing in for the bucket) and resolve
+   it through the verified cache, pinned by sha256;
+3. create the sample corpus: a SQLite `documents` table of real text (installed packages' documentation)
+   and an image drop folder (scikit-learn's sample photos and digits);
+4. run the DAGs with `airflow dags test` in a project-local AIRFLOW_HOME (SQLite): corpus_extraction, then
+   embed_corpus with minilm (text) and with digits (images), on Beam's in-process runner;
+5. print where everything is, and the nearest rows to a few queries.
 """
 from __future__ import annotations
 
@@ -12,10 +15,15 @@ import argparse
 import hashlib
 import json
 import os
+import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 QUERIES = ["how do I parse command line arguments", "read and write files in a folder", "unit tests"]
+LOGICAL_DATE = "2026-11-27T00:00:00+00:00"
+SAMPLE_UPDATED_AT = "2026-01-01 00:00:00"
 
 
 def build_missing(modules_dir: Path) -> dict[str, Path]:
@@ -24,7 +32,7 @@ def build_missing(modules_dir: Path) -> dict[str, Path]:
 
     paths = {}
     for name in BUILDERS:
-        path = modules_dir / name
+        path = (modules_dir / name).resolve()
         if is_saved_model_dir(path):
             print(f"[build]   {name}: already built at {path}")
         else:
@@ -42,15 +50,40 @@ def pack_for_demo(module: Path, archive: Path) -> str:
     return hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-def write_text_corpus(root: Path, rows: int) -> str:
-    from hubbeam.samples import write_corpus
+def write_sample_images(folder: Path) -> int:
+    """scikit-learn's two sample photos and 24 of its digits, dated with the sample corpus."""
+    import datetime as dt
 
-    write_corpus(root, rows, shards=2)
-    with open(root / "part-bad.jsonl", "w") as f:  # what real corpora contain too
-        for row in [{"id": "blank", "text": "   "}, {"id": "nothing", "text": None}, {"id": "number", "text": 7}]:
-            f.write(json.dumps(row) + "\n")
-        f.write("{truncated json\n")
-    return str(root / "part-*.jsonl")
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from hubbeam.samples import write_digit_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = load_sample_images()
+    files = write_digit_images(folder / "digits", count=24)
+    for name, pixels in zip(photos.filenames, photos.images):
+        path = folder / "photos" / Path(name).name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(path, quality=90)
+        files.append(path)
+    stamp = dt.datetime.fromisoformat(SAMPLE_UPDATED_AT).replace(tzinfo=dt.timezone.utc).timestamp()
+    for path in files:
+        os.utime(path, (stamp, stamp))
+    return len(files)
+
+
+def airflow(env: dict, *args: str) -> None:
+    print(f"\n[airflow] airflow {' '.join(args)}")
+    result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
+        raise SystemExit(f"airflow {args[0]} {args[1]} failed (exit {result.returncode})")
+    finished = [line for line in (result.stdout + result.stderr).splitlines() if "DagRun Finished" in line]
+    state = re.search(r"state=(\w+)", finished[-1]).group(1) if finished else "done"
+    if state not in ("success", "done"):
+        raise SystemExit(f"airflow {' '.join(args[:3])} ended {state}")
+    print(f"          {state}")
 
 
 def nearest(ids, matrix, texts: dict, query_vectors, queries, k=3) -> None:
@@ -60,7 +93,7 @@ def nearest(ids, matrix, texts: dict, query_vectors, queries, k=3) -> None:
     for query, row in zip(queries, scores):
         print(f"  {query!r}")
         for j in np.argsort(-row)[:k]:
-            snippet = " ".join(texts[ids[j]].split())[:90]
+            snippet = " ".join(texts.get(ids[j], "").split())[:90]
             print(f"     {row[j]:.3f}  {ids[j]}  {snippet}")
 
 
@@ -70,49 +103,59 @@ def main(argv=None) -> int:
     parser.add_argument("--modules-dir", default="build/modules")
     parser.add_argument("--rows", type=int, default=300, help="rows in the sample text corpus")
     args = parser.parse_args(argv)
-    workdir, modules_dir = Path(args.workdir), Path(args.modules_dir)
+    workdir, modules_dir = Path(args.workdir).resolve(), Path(args.modules_dir)
+    data = workdir / "data"
     os.environ.setdefault("HUBBEAM_CACHE_DIR", str(workdir / "cache"))
 
     from hubbeam.cli import main as cli
-    from hubbeam.pipeline import read_embeddings
-    from hubbeam.samples import write_digit_images
 
     paths = build_missing(modules_dir)
-    for name, path in paths.items():
-        print(f"\n[inspect] hubbeam inspect {path}")
-        cli(["inspect", str(path)])
+    print(f"\n[inspect] hubbeam inspect {paths['minilm']}")
+    cli(["inspect", str(paths["minilm"])])
 
-    bucket = workdir / "bucket"
-    digest = pack_for_demo(paths["wordvec"], bucket / "wordvec" / "1" / "wordvec.tar.gz")
-    handle = f"{bucket}/wordvec/1/wordvec.tar.gz#sha256={digest}"
+    digest = pack_for_demo(paths["wordvec"], data / "modules" / "wordvec" / "1" / "wordvec.tar.gz")
+    handle = f"{data}/modules/wordvec/1/wordvec.tar.gz#sha256={digest}"
     print(f"\n[resolve] hubbeam resolve {handle}")
     cli(["resolve", handle])
 
-    corpus = write_text_corpus(workdir / "corpus", args.rows)
-    text_out = workdir / "embeddings" / "text"
-    print(f"\n[embed]   hubbeam embed --input '{corpus}' --output {text_out} --module {paths['minilm']}")
-    if cli(["embed", "--input", corpus, "--output", str(text_out), "--module", str(paths["minilm"])]) != 0:
-        return 1
+    from hubbeam.orchestration.corpus import create_sample_database
 
-    images = workdir / "images"
-    write_digit_images(images, count=24)
-    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    image_out = workdir / "embeddings" / "images"
-    print(f"\n[embed]   hubbeam embed --input '{images}/*' --output {image_out} --module {paths['digits']}")
-    if cli(["embed", "--input", f"{images}/*", "--output", str(image_out), "--module", str(paths["digits"])]) != 0:
-        return 1
+    db_url = create_sample_database(str(data / "corpus.db"), rows=args.rows, updated_at=SAMPLE_UPDATED_AT)
+    images = write_sample_images(data / "incoming" / "images")
+    print(f"\n[corpus]  {args.rows} documents in {db_url}; {images} images in {data}/incoming/images")
+
+    env = {**os.environ,
+           "AIRFLOW_HOME": str(workdir / "airflow"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "HUBBEAM_DATA_ROOT": str(data),
+           "HUBBEAM_EMBED_MODULE": str(paths["minilm"]),
+           "AIRFLOW_CONN_HUBBEAM_CORPUS_DB": json.dumps({"conn_type": "sqlite", "host": str(data / "corpus.db")})}
+    airflow(env, "db", "migrate")
+    airflow(env, "dags", "test", "corpus_extraction", LOGICAL_DATE)
+    airflow(env, "dags", "test", "embed_corpus", LOGICAL_DATE)
+    airflow(env, "dags", "test", "embed_corpus", LOGICAL_DATE, "-c", json.dumps({"module": str(paths["digits"])}))
 
     import hubbeam
+    from hubbeam.pipeline import read_embeddings, read_manifest
 
-    print("\n[search]  nearest rows of the text embeddings to a few queries")
-    ids, matrix = read_embeddings(str(text_out))
-    texts = {}
-    for path in sorted((workdir / "corpus").glob("part-0*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            texts[row["id"]] = row["text"]
+    print(f"\n[outputs] corpus snapshots under {data}/corpus/, embeddings under {data}/embeddings/")
+    text_outputs = []
+    for manifest_path in sorted((data / "embeddings").rglob("manifest.json")):
+        manifest = read_manifest(str(manifest_path.parent))
+        print(f"  {manifest_path.parent.relative_to(data)}: {manifest['rows_embedded']} embedded, "
+              f"{manifest['rows_rejected']} rejected, module {manifest['module']['handle']}")
+        if manifest["module"]["input_kind"] == "text":
+            text_outputs.append(str(manifest_path.parent))
+
+    print("\n[search]  nearest documents to a few queries (minilm)")
+    import sqlite3
+
+    with sqlite3.connect(data / "corpus.db") as db:
+        texts = dict(db.execute("SELECT id, text FROM documents"))
+    ids, matrix = read_embeddings(text_outputs[0])
     nearest(ids, matrix, texts, hubbeam.load(str(paths["minilm"]))(QUERIES), QUERIES)
-    print(f"\ndemo finished: modules in {modules_dir}/, embeddings and manifests in {workdir}/embeddings/")
+    print(f"\ndemo finished. Airflow home (SQLite): {workdir}/airflow; `make airflow` starts the UI on it.")
     return 0
 
 
