@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hubbeam: %(message)s", stream=sys.stderr)
+    logging.getLogger("hubbeam.progress").setLevel(logging.INFO)  # rows done and rows/s, every 10 s
     try:
         return args.func(args)
     except HubbeamError as exc:

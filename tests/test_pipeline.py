@@ -329,3 +329,15 @@ def test_embed_cli_end_to_end_and_errors(tmp_path, mixed_text_corpus, tiny_wordv
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.strip().splitlines()[-1].startswith("hubbeam: error: ")
         assert message in result.stderr, result.stderr
+
+
+def test_undecodable_bytes_in_ids_and_texts_never_break_the_output(tmp_path, tiny_wordvec_module):
+    (tmp_path / "in.csv").write_bytes(b"id,text,tag\nok\xff1,the cat,x\xfe\nok2,bad \xff text,y\nok3,the mat,z\n")
+    (tmp_path / "in.jsonl").write_text('{"id": "s\\ud800", "text": "lone \\ud800 surrogate"}\n'
+                                       '{"id": "s\\udc80", "text": "the cat"}\n')
+    manifest = run(tmp_path / "out", tiny_wordvec_module, str(tmp_path / "in.*"), keep_columns=["tag"])
+    assert (manifest["rows_read"], manifest["rows_embedded"]) == (5, 3)
+    assert manifest["rejected_by_reason"] == {"invalid_utf8": 2}
+    ids, _, extra = read_embeddings(str(tmp_path / "out"), columns=["tag"])
+    assert sorted(ids) == sorted(["ok\ufffd1", "ok3", "s\ufffd"])
+    assert dict(zip(ids, extra["tag"]))["ok\ufffd1"] == "x\ufffd"

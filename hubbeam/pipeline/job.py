@@ -111,6 +111,22 @@ def pipeline_options(beam_args: list[str]):
     return options, runner
 
 
+def spreads_work(options) -> bool:
+    """Whether rows should be reshuffled across workers after reading.
+
+    One in-process worker gains nothing from it and would hold the whole corpus in memory for the shuffle;
+    without it, reading, embedding and writing fuse into one stage that streams in bounded memory. With
+    several workers (or any distributed runner) the shuffle spreads the rows of a few big files over all
+    of them.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    direct = options.view_as(DirectOptions)
+    in_process = runner in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
+    return not (in_process and (direct.direct_num_workers or 1) <= 1)
+
+
 def _extra_types(job: EmbedJob, files: list[str]) -> dict:
     """Pass-through column types: kept from Parquet inputs when every input is Parquet, else strings."""
     if not job.keep_columns:

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from hubbeam.errors import HubbeamError
@@ -118,8 +119,9 @@ class RowReader:
     def _record(self, path: str, index: int, record: dict):
         """A dict-shaped record (Parquet, JSONL, CSV) -> Row or Rejected."""
         raw_id = record.get(self.spec.id_column)
-        row_id = f"{path}:{index}" if raw_id is None or raw_id == "" else str(raw_id)
-        extras = {c: record.get(c) for c in self.spec.keep_columns}
+        row_id = f"{path}:{index}" if raw_id is None or raw_id == "" else _valid_utf8(str(raw_id))
+        extras = {c: _valid_utf8(v) if isinstance(v, str) else v for c, v in
+                  ((c, record.get(c)) for c in self.spec.keep_columns)}
         if self.spec.kind == "image":
             return self.image_row(row_id, path, record.get(self.spec.image_column), extras)
         if self.spec.text_column not in record:
@@ -187,6 +189,18 @@ class RowReader:
     def _read_image(self, path, handle):
         data = handle.read(self.spec.max_value_bytes + 1)
         yield self.image_row(path, path, data, {})
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _valid_utf8(text: str) -> str:
+    """Ids and pass-through values must be writable to Parquet: undecodable bytes become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates: from JSON escapes, or CSV bytes read with surrogateescape
+        return _SURROGATES.sub("\ufffd", text)
 
 
 def match_inputs(pattern: str) -> list[str]:
