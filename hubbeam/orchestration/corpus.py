@@ -141,15 +141,41 @@ def finished_snapshots(corpus_root: str) -> list[str]:
     return [name for name in storage.list_dirs(corpus_root) if storage.exists(storage.join(corpus_root, name, "_SUCCESS"))]
 
 
-def create_sample_database(db_path: str, rows: int = 300, updated_at: str = "2026-01-01 00:00:00") -> str:
-    """A SQLite `documents` table of real text (from hubbeam.samples), for the demo and tests."""
-    import sqlite3
+def create_sample_database(db_path_or_url: str, rows: int = 300, updated_at: str = "2026-01-01 00:00:00") -> str:
+    """A `documents` table of real text (from hubbeam.samples), for the demo, tests and the compose stack.
 
+    A plain path is a SQLite file (created with its folders); anything with `://` is a SQLAlchemy URL
+    (postgresql+psycopg2://… in docker/docker-compose.yaml), where updated_at is a TIMESTAMP column. Rows are
+    upserted, so running it again is harmless. Returns the SQLAlchemy URL.
+    """
     from hubbeam.samples import make_rows
 
+    if "://" in db_path_or_url:
+        return _create_sample_table(db_path_or_url, make_rows(rows), dt.datetime.fromisoformat(updated_at))
+    import sqlite3
+
+    db_path = db_path_or_url
     os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
     with sqlite3.connect(db_path) as connection:
         connection.execute("CREATE TABLE IF NOT EXISTS documents (id TEXT PRIMARY KEY, text TEXT, updated_at TEXT)")
         connection.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
                                [(r["id"], r["text"], updated_at) for r in make_rows(rows)])
     return f"sqlite:///{os.path.abspath(db_path)}"
+
+
+def _create_sample_table(url: str, rows: list[dict], updated_at: dt.datetime) -> str:
+    import sqlalchemy as sa
+
+    table = sa.Table("documents", sa.MetaData(), sa.Column("id", sa.String(255), primary_key=True),
+                     sa.Column("text", sa.Text), sa.Column("updated_at", sa.DateTime))
+    records = [{"id": r["id"], "text": r["text"], "updated_at": updated_at} for r in rows]
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            table.create(connection, checkfirst=True)
+            connection.execute(table.delete().where(table.c.id.in_([r["id"] for r in records])))
+            if records:
+                connection.execute(table.insert(), records)
+    finally:
+        engine.dispose()
+    return url
