@@ -14,7 +14,7 @@ help:
 	@echo "make airflow    airflow standalone (UI on http://localhost:8080) on the demo's AIRFLOW_HOME and data"
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make test-long  soak and load tests"
-	@echo "make modules    build minilm, digits and wordvec into $(MODULES_DIR)/"
+	@echo "make modules    build minilm, digits, wordvec and use-multilingual into $(MODULES_DIR)/"
 	@echo "make bench      pipeline vs plain TF loop (BENCHMARKS.md); ROWS=2000 by default"
 	@echo "make golden     regenerate the golden vectors (minilm needs PyTorch: installed into .venv-ref)"
 
@@ -56,6 +56,8 @@ ROWS ?= 2000
 bench: $(STAMP)
 	test -d $(MODULES_DIR)/minilm || $(BIN)/python -m hubbeam build-module minilm --out $(MODULES_DIR)/minilm
 	$(BIN)/python bench/embed_bench.py --rows $(ROWS) --module $(MODULES_DIR)/minilm
+	test -d $(MODULES_DIR)/use-multilingual || $(BIN)/python -m hubbeam build-module use-multilingual --out $(MODULES_DIR)/use-multilingual
+	$(BIN)/python bench/embed_bench.py --rows $(ROWS) --module $(MODULES_DIR)/use-multilingual
 
 clean:
 	rm -rf build .pytest_cache

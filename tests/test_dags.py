@@ -194,3 +194,14 @@ def test_bad_params_are_refused_before_anything_runs(dagbag, conf, message):
     with pytest.raises(ParamValidationError) as info:
         dagbag.dags["embed_corpus"].test(logical_date=D1, run_conf=conf)
     assert message in str(info.value)
+
+
+def test_a_bad_module_fails_at_once_without_retries(dagbag, workspace, tmp_path):
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    run = dagbag.dags["embed_corpus"].test(logical_date=D1, run_conf={
+        "module": str(tmp_path / "no-such-module"), "corpus_root": str(workspace["corpus"]),
+        "embeddings_root": str(workspace["embeddings"])})
+    assert run.state == DagRunState.FAILED
+    plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
+    assert plan.state == TaskInstanceState.FAILED and plan.try_number == 1

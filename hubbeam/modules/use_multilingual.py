@@ -88,14 +88,6 @@ def _layer_norm(x, gamma, beta, eps):
     return (x - mean) * tf.math.rsqrt(variance + eps) * gamma + beta
 
 
-def _windows(x, n: int, left: int):
-    """[B, T, D] -> [B, T, n*D]: for each position the n rows starting `left` before it (zeros outside)."""
-    length = tf.shape(x)[1]
-    padded = tf.pad(x, [[0, 0], [MAX_LEFT, MAX_RIGHT], [0, 0]])
-    starts = [MAX_LEFT - left + k for k in range(n)]
-    return tf.concat([padded[:, s:s + length] for s in starts], axis=-1)
-
-
 class USEEncoder(tf.Module):
     def __init__(self, w: dict, sentencepiece_model: bytes):
         super().__init__(name="use_multilingual")
@@ -126,14 +118,11 @@ class USEEncoder(tf.Module):
         pieces = self._reference_pieces(text)
         # Text that normalises to nothing is one <unk> (id 0) between BOS and EOS, as the reference
         # tokenizer emits it (SentencePiece itself would give no piece at all).
-        lengths = tf.maximum(tf.cast(pieces.row_lengths(), tf.int32), 1)
-        body = tf.pad(pieces.to_tensor(0), [[0, 0], [0, 1]])
-        batch = tf.shape(body)[0]
-        ids = tf.concat([tf.fill([batch, 1], BOS), body, tf.zeros([batch, 1], tf.int32)], axis=1)
-        positions = tf.range(tf.shape(ids)[1])[None, :]
-        ids = tf.where(positions == (lengths + 1)[:, None], EOS, ids)
-        ids = tf.where(positions > (lengths + 1)[:, None], 0, ids)
-        return self.encode(ids, lengths + 2)
+        pieces = _fill_empty(pieces)
+        batch = pieces.nrows()
+        bos = tf.fill([batch, 1], BOS)
+        eos = tf.fill([batch, 1], EOS)
+        return self.encode(tf.concat([bos, pieces, eos], axis=1))
 
     def _reference_pieces(self, text):
         """SentencePiece ids as the package's tokenizer gives them: one <unk> per unknown character.
@@ -150,28 +139,55 @@ class USEEncoder(tf.Module):
                                                  nrows=tf.shape(text, out_type=tf.int64)[0])
 
     def embed_ids(self, token_ids, sequence_len):
-        return self.encode(token_ids, sequence_len)
+        return self.encode(tf.RaggedTensor.from_tensor(token_ids, lengths=sequence_len))
 
-    def encode(self, ids, lengths):
-        mask = tf.sequence_mask(lengths, tf.shape(ids)[1], dtype=tf.float32)[:, :, None]
-        chunk = ids % NUM_CHUNKS
-        emb = (tf.cast(tf.gather(self.table, ids), tf.float32) * tf.gather(self.scale, chunk)[..., None]
-               + tf.gather(self.offset, chunk)[..., None])
-        x = _layer_norm(tf.einsum("btd,de->bte", emb, self.proj_w) + self.proj_b,
-                        self.branch_norm_g, self.branch_norm_b, self.eps)
+    def encode(self, ids):
+        """ids: ragged [N, (tokens)] with BOS/EOS. Works on the flat token list, as the reference does:
+        no padding, so cost and memory follow the real number of tokens whatever the length mix."""
+        flat = ids.flat_values
+        rows = ids.value_rowids()
+        total = tf.shape(flat, out_type=tf.int64)[0]
+        chunk = flat % NUM_CHUNKS
+        emb = (tf.cast(tf.gather(self.table, flat), tf.float32) * tf.gather(self.scale, chunk)[:, None]
+               + tf.gather(self.offset, chunk)[:, None])
+        x = _layer_norm(emb @ self.proj_w + self.proj_b, self.branch_norm_g, self.branch_norm_b, self.eps)
+        window = _window_index(ids.row_splits, rows, total)
         branches = [emb]
         for i, (n, left) in enumerate(ORDERS):
-            xs = x[..., i * BRANCH_DIM:(i + 1) * BRANCH_DIM] * mask
-            h = tf.nn.relu(tf.einsum("btd,de->bte", _windows(xs, n, left), self.w1[i]) + self.b1[i]) + xs
-            h = h * mask
-            c = tf.nn.relu(tf.einsum("btd,de->bte", _windows(h, n, left), self.w2[i]) + self.b2[i]) + h
+            columns = window[:, MAX_LEFT - left:MAX_LEFT - left + n]
+            xs = x[:, i * BRANCH_DIM:(i + 1) * BRANCH_DIM]
+            h = tf.nn.relu(_gather_windows(xs, columns, n) @ self.w1[i] + self.b1[i]) + xs
+            c = tf.nn.relu(_gather_windows(h, columns, n) @ self.w2[i] + self.b2[i]) + h
             branches.append(c)
-        feats = _layer_norm(tf.concat(branches, axis=-1), self.norm_g, self.norm_b, self.eps) * mask
-        count = tf.cast(lengths, tf.float32)[:, None]
-        pooled = (tf.reduce_sum(feats, axis=1) @ self.cnn_w + count * self.cnn_b) * tf.math.rsqrt(count)
+        feats = _layer_norm(tf.concat(branches, axis=-1), self.norm_g, self.norm_b, self.eps)
+        count = tf.cast(ids.row_lengths(), tf.float32)[:, None]
+        summed = tf.math.unsorted_segment_sum(feats, rows, ids.nrows())
+        pooled = (summed @ self.cnn_w + count * self.cnn_b) * tf.math.rsqrt(count)
         y0 = tf.nn.relu(pooled @ self.d0)
         y1 = tf.nn.relu(pooled @ self.p1 + y0 @ self.d1)
         y2 = tf.nn.relu(y1 @ self.d2)
         z = tf.tanh(y1 @ self.p3 + y2 @ self.d3)
         z = z * tf.math.rsqrt(tf.maximum(tf.reduce_sum(z * z, axis=1, keepdims=True), self.eps))
         return {"default": z}
+
+
+def _fill_empty(pieces):
+    """Rows without any piece get one <unk> (id 0)."""
+    lengths = pieces.row_lengths()
+    padded = tf.pad(pieces.to_tensor(0), [[0, 0], [0, 1]])
+    return tf.RaggedTensor.from_tensor(padded, lengths=tf.maximum(lengths, 1))
+
+
+def _window_index(row_splits, rows, total):
+    """[tokens, MAX_LEFT + 1 + MAX_RIGHT] token positions around each token, `total` (a zero row) where the
+    window leaves the token's own sentence: zero padding at sentence bounds without padding the batch."""
+    positions = tf.range(total)[:, None] + tf.range(-MAX_LEFT, MAX_RIGHT + 1, dtype=tf.int64)[None, :]
+    starts = tf.gather(row_splits, rows)[:, None]
+    ends = tf.gather(row_splits[1:], rows)[:, None]
+    return tf.where((positions >= starts) & (positions < ends), positions, total)
+
+
+def _gather_windows(values, columns, n):
+    """[tokens, D] and window positions [tokens, n] -> [tokens, n*D], slot-major (as the weights expect)."""
+    padded = tf.concat([values, tf.zeros([1, tf.shape(values)[1]], values.dtype)], axis=0)
+    return tf.reshape(tf.gather(padded, columns), [-1, n * BRANCH_DIM])

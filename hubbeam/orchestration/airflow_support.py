@@ -6,6 +6,7 @@ Connections (any Airflow connection backend; `AIRFLOW_CONN_…` environment vari
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -72,6 +73,20 @@ def sqlalchemy_url(conn_id: str = CORPUS_DB_CONN_ID) -> str:
         return f"sqlite:///{conn.host}"
     uri = conn.get_uri()
     return uri.replace("postgres://", "postgresql://", 1)
+
+
+@contextlib.contextmanager
+def fail_fast():
+    """Turn hubbeam's user errors (bad handle, bad columns, …) into a failure that is not retried:
+    retrying cannot fix them, and back-off would only delay the message."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from hubbeam.errors import HubbeamError
+
+    try:
+        yield
+    except HubbeamError as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 def data_interval(context) -> tuple[dt.datetime | None, dt.datetime]:
