@@ -18,6 +18,10 @@ _LAZY = {
     "Embedder": "hubbeam.hub.loader",
     "inspect_module": "hubbeam.hub.inspect",
     "build_module": "hubbeam.modules",
+    "export_module": "hubbeam.export.create",
+    "finetune": "hubbeam.export.finetuning",
+    "pack": "hubbeam.export.packing",
+    "publish": "hubbeam.export.publishing",
     "HubbeamError": "hubbeam.errors",
 }
 

@@ -108,6 +108,143 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+# --- export, finetune, pack, publish: making and shipping modules (hubbeam.export) ----------------------------------
+
+def _cmd_export(args) -> int:
+    from hubbeam.export import export_module
+    from hubbeam.hub.metadata import read_metadata
+
+    out = export_module(args.source, args.out, signatures=args.signature, name=args.name, version=args.module_version,
+                        description=args.description, builder=args.builder)
+    metadata = read_metadata(out) or {}
+    if args.json:
+        print(json.dumps({"module": str(out), **metadata}, indent=2))
+    else:
+        print(f"exported {metadata.get('name')} {metadata.get('version')} -> {out}")
+        print(f"signatures {', '.join(metadata.get('signatures', []))}; output dim {metadata.get('output_dim')}; "
+              f"weights sha256 {metadata.get('weights_sha256', '')[:16]}…")
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from hubbeam.export import finetune
+
+    result = finetune(args.module, args.train, args.label_column, args.out, eval_file=args.eval,
+                      text_column=args.text_column, image_column=args.image_column, epochs=args.epochs,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                      eval_fraction=args.eval_fraction, name=args.name, version=args.module_version)
+    print(json.dumps(result.report, indent=2))
+    return 0
+
+
+def _cmd_pack(args) -> int:
+    from hubbeam.export import pack
+
+    result = pack(args.module_dir, args.out)
+    if args.json:
+        print(json.dumps({"path": str(result.path), "sha256": result.sha256, "tree_sha256": result.tree_sha256,
+                          "sidecar": str(result.sidecar), "size": result.size}, indent=2))
+    else:
+        print(f"packed {args.module_dir} -> {result.path} ({result.size:,} bytes)")
+        print(f"sha256 {result.sha256}  (tree {result.tree_sha256}; sidecar {result.sidecar.name})")
+    return 0
+
+
+def _cmd_publish(args) -> int:
+    from hubbeam.export import publish
+
+    result = publish(args.source, args.dest, name=args.name, version=args.module_version, force=args.force)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"published {result.name} {result.version} -> {result.url}" + (" (replaced)" if result.replaced else ""))
+        print(f"  folder   {result.folder_handle}")
+        print(f"  archive  {result.archive_handle}#sha256={result.archive_sha256}")
+        print(f"  tree     sha256 {result.tree_sha256}")
+    return 0
+
+
+def _add_module_commands(sub, handle_help: str) -> None:
+    p = sub.add_parser(
+        "export", help="export a Keras model, SavedModel or checkpoint as a reusable TF Hub module",
+        description="Export your own model as a TF2 reusable SavedModel (__call__ with training, variables, "
+                    "trainable_variables, regularization_losses) with named signatures and hubbeam metadata. "
+                    "Sources: a Keras model file (.keras from tf-keras or Keras 3, .h5), a SavedModel folder, or a "
+                    "checkpoint with --builder. A contract check (loads with hub.load and hub.KerasLayer; __call__ "
+                    "and the signatures agree with the source on sample input; trainable variables kept) must pass "
+                    "before DIR is written.",
+        epilog="example: hubbeam export --from classifier.keras --out build/encoder --signature default=embedding "
+               "--signature logits=__call__ --name my-encoder --version 2")
+    p.add_argument("--from", dest="source", required=True, metavar="PATH",
+                   help="Keras model file, SavedModel folder, or checkpoint (prefix, folder, .weights.h5)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced once the export passed)")
+    p.add_argument("--signature", action="append", metavar="NAME=SOURCE[:OUTPUT]",
+                   help="a signature to export (repeatable): SOURCE is __call__, a Keras layer name (its output) "
+                        "or a SavedModel signature; OUTPUT picks one output. The 'default' one (or the first) "
+                        "is also the module's __call__. Default: default=__call__, or a SavedModel's signatures")
+    p.add_argument("--builder", metavar="MODULE:FUNCTION",
+                   help="with a checkpoint: the function that builds the model (package.module:fn or file.py:fn)")
+    p.add_argument("--name", help="module name in the metadata (default: the source's, else DIR's name)")
+    p.add_argument("--version", dest="module_version", metavar="VERSION",
+                   help="module version in the metadata (default: the source's, else 1)")
+    p.add_argument("--description", help="one-line description in the metadata")
+    p.add_argument("--json", action="store_true", help="print the module's metadata as JSON")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune a module on labelled data and export the fine-tuned encoder",
+        description="Train the module under a small classification head (hub.KerasLayer, trainable=True) and "
+                    "export the fine-tuned encoder (not the head) as a new module. Data: CSV/TSV, JSONL or Parquet "
+                    "with an input column (text, or image file paths relative to the file) and a label column. "
+                    "Prints a JSON report with the eval accuracy of a frozen-encoder baseline (linear head) and "
+                    "of the fine-tuned model; the same summary goes into the module's metadata.",
+        epilog="example: hubbeam finetune --module build/modules/minilm --train reviews.csv --label-column "
+               "sentiment --out build/minilm-reviews")
+    p.add_argument("--module", required=True, help=handle_help)
+    p.add_argument("--train", required=True, metavar="FILE", help="training data (.csv, .tsv, .jsonl, .parquet)")
+    p.add_argument("--label-column", required=True, metavar="COLUMN", help="column holding the class labels")
+    p.add_argument("--eval", metavar="FILE", help="evaluation data (default: a stratified share of --train)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the fine-tuned module")
+    column = p.add_mutually_exclusive_group()
+    column.add_argument("--text-column", default="text", metavar="COLUMN", help="text input column (default: text)")
+    column.add_argument("--image-column", metavar="COLUMN", help="image input column: file paths or bytes")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning passes over the training rows (default: 2)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default: 16)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, shuffling, head and dropout")
+    p.add_argument("--eval-fraction", type=float, default=0.2, help="share held out without --eval (default: 0.2)")
+    p.add_argument("--name", help="name of the new module (default: BASE-finetuned)")
+    p.add_argument("--version", dest="module_version", metavar="VERSION", help="version of the new module (default: 1)")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser(
+        "pack", help="pack a module folder into a reproducible .tar.gz with a .sha256 sidecar",
+        description="Pack a SavedModel folder into a deterministic tarball (sorted entries, mtime 0, owner 0, "
+                    "normalised modes, gzip without timestamp) whose root is the SavedModel, plus X.tar.gz.sha256 "
+                    "in sha256sum format. Packing the same folder twice gives the same bytes.")
+    p.add_argument("module_dir", metavar="DIR", help="the module folder")
+    p.add_argument("--out", required=True, metavar="X.tar.gz", help="the tarball to write")
+    p.add_argument("--json", action="store_true", help="print paths and digests as JSON")
+    p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser(
+        "publish", help="publish a module to DEST/NAME/VERSION/ on a folder, file://, s3:// or gs://",
+        description="Publish a module folder or tarball as an immutable version: DEST/NAME/VERSION/saved_model/ "
+                    "(folder handle), DEST/NAME/VERSION/NAME.tar.gz (+ .sha256; archive handle) and "
+                    "_PUBLISHED.json, written last: a version without it is incomplete and is cleared by the "
+                    "next publish. Publishing over a published version needs --force. NAME and VERSION come "
+                    "from the module's metadata unless given. Credentials: the storage clients' usual ones.",
+        epilog="example: hubbeam publish build/minilm-reviews s3://models/text --version 3")
+    p.add_argument("source", metavar="DIR-or-TARBALL", help="module folder or .tar.gz")
+    p.add_argument("dest", metavar="DEST", help="a folder, file://PATH, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
+    p.add_argument("--name", help="module name (default: from the module's metadata)")
+    p.add_argument("--version", dest="module_version", metavar="VERSION",
+                   help="module version (default: from the module's metadata)")
+    p.add_argument("--force", action="store_true", help="overwrite an already published version")
+    p.add_argument("--json", action="store_true", help="print the handles and digests as JSON")
+    p.set_defaults(func=_cmd_publish)
+
+
 def _short(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -175,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=_cmd_embed)
+    _add_module_commands(sub, handle_help)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SUBCOMMANDS = ["resolve", "inspect", "build-module", "encode"]
+SUBCOMMANDS = ["resolve", "inspect", "build-module", "encode", "embed", "export", "finetune", "pack", "publish"]
 
 
 def hubbeam(*args, check=False):

@@ -39,7 +39,15 @@ def dagbag(airflow_db):
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
+    bag.param_defaults = {dag_id: {k: bag.dags[dag_id].params[k] for k in bag.dags[dag_id].params}
+                          for dag_id in bag.dags}
     return bag
+
+
+def full_conf(dagbag, dag_id, conf):
+    """Every Param, defaults overlaid with conf: a dag.test() run's conf stays in the DAG's params, so a
+    partial conf would inherit values from the previous test's run."""
+    return {**dagbag.param_defaults[dag_id], **conf}
 
 
 @pytest.fixture
@@ -62,7 +70,7 @@ def workspace(tmp_path, monkeypatch):
 def run_dag(dagbag, dag_id, logical_date, **conf):
     from airflow.utils.state import DagRunState
 
-    run = dagbag.dags[dag_id].test(logical_date=logical_date, run_conf=conf or None)
+    run = dagbag.dags[dag_id].test(logical_date=logical_date, run_conf=full_conf(dagbag, dag_id, conf))
     assert run.state == DagRunState.SUCCESS, f"{dag_id} ended {run.state}"
     return run
 
@@ -192,16 +200,17 @@ def test_bad_params_are_refused_before_anything_runs(dagbag, conf, message):
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError) as info:
-        dagbag.dags["embed_corpus"].test(logical_date=D1, run_conf=conf)
+        dagbag.dags["embed_corpus"].test(logical_date=D1, run_conf=full_conf(dagbag, "embed_corpus", conf))
     assert message in str(info.value)
 
 
 def test_a_bad_module_fails_at_once_without_retries(dagbag, workspace, tmp_path):
     from airflow.utils.state import DagRunState, TaskInstanceState
 
-    run = dagbag.dags["embed_corpus"].test(logical_date=D1, run_conf={
-        "module": str(tmp_path / "no-such-module"), "corpus_root": str(workspace["corpus"]),
-        "embeddings_root": str(workspace["embeddings"])})
+    # A logical date of its own: dag.test() reuses an existing run of the same date, with that run's conf.
+    run = dagbag.dags["embed_corpus"].test(logical_date=D1 + dt.timedelta(days=30), run_conf=full_conf(
+        dagbag, "embed_corpus", {"module": str(tmp_path / "no-such-module"), "corpus_root": str(workspace["corpus"]),
+                                 "embeddings_root": str(workspace["embeddings"])}))
     assert run.state == DagRunState.FAILED
     plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
     assert plan.state == TaskInstanceState.FAILED and plan.try_number == 1

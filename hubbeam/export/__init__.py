@@ -1,0 +1,40 @@
+"""Make modules: export your own model, fine-tune one, pack it, publish it.
+
+- `export_module(source, out_dir, …)`: a Keras model (tf-keras or Keras 3, in memory or saved), a SavedModel
+  folder, or a checkpoint plus the code that builds the model -> a TF2 reusable SavedModel with metadata,
+  checked against the reusable-SavedModel contract before it is put in place (create.py, contract.py).
+- `finetune(module, train, label_column, out_dir, …)`: train a module under a small classification head
+  and export the fine-tuned encoder as a new module (finetuning.py).
+- `pack(module_dir, out)`: a byte-for-byte reproducible .tar.gz plus its .sha256 sidecar (packing.py).
+- `publish(source, dest, …)`: versioned, immutable `DEST/NAME/VERSION/` on file://, s3:// or gs://
+  (publishing.py).
+
+The files are not named after the functions (finetune.py, …) on purpose: a submodule becomes an attribute
+of its package when imported, and would then shadow the lazily exported function of the same name.
+
+Importing this package is cheap (no TensorFlow): Airflow DAG files import it at parse time. Each entry point
+is resolved on first use; TensorFlow is imported only by export and fine-tune.
+"""
+from __future__ import annotations
+
+_LAZY = {
+    "export_module": "hubbeam.export.create",
+    "check_contract": "hubbeam.export.contract",
+    "ContractError": "hubbeam.export.contract",
+    "finetune": "hubbeam.export.finetuning",
+    "FinetuneResult": "hubbeam.export.finetuning",
+    "pack": "hubbeam.export.packing",
+    "PackResult": "hubbeam.export.packing",
+    "publish": "hubbeam.export.publishing",
+    "PublishResult": "hubbeam.export.publishing",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hubbeam.export' has no attribute {name!r}")
