@@ -6,7 +6,8 @@
 3. create the sample corpus: a SQLite `documents` table of real text (installed packages' documentation)
    and an image drop folder (scikit-learn's sample photos and digits);
 4. run the DAGs with `airflow dags test` in a project-local AIRFLOW_HOME (SQLite): corpus_extraction, then
-   embed_corpus with minilm (text) and with digits (images), on Beam's in-process runner;
+   embed_corpus with minilm (text) and with digits (images), on Beam's in-process runner, then
+   finetune_export_module (digits on labelled digit images), which publishes to DATA_ROOT/modules;
 5. print where everything is, and the nearest rows to a few queries.
 """
 from __future__ import annotations
@@ -73,6 +74,20 @@ def write_sample_images(folder: Path) -> int:
     return len(files)
 
 
+def write_labelled_digits(folder: Path, count: int = 400) -> Path:
+    """Digit images with their labels, as the CSV the fine-tuning DAG reads (path relative to the CSV)."""
+    import csv
+
+    from hubbeam.samples import write_digit_images
+
+    files = write_digit_images(folder, count=count, formats=("png",))
+    with open(folder / "train.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows([path.name, path.stem.rsplit("-", 1)[-1]] for path in files)
+    return folder / "train.csv"
+
+
 def airflow(env: dict, *args: str) -> None:
     print(f"\n[airflow] airflow {' '.join(args)}")
     result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True)
@@ -135,6 +150,9 @@ def main(argv=None) -> int:
     airflow(env, "dags", "test", "corpus_extraction", LOGICAL_DATE)
     airflow(env, "dags", "test", "embed_corpus", LOGICAL_DATE)
     airflow(env, "dags", "test", "embed_corpus", LOGICAL_DATE, "-c", json.dumps({"module": str(paths["digits"])}))
+    train = write_labelled_digits(data / "labelled")
+    airflow(env, "dags", "test", "finetune_export_module", LOGICAL_DATE, "-c", json.dumps(
+        {"base_module": str(paths["digits"]), "train": str(train), "image_column": "path", "epochs": 3}))
 
     import hubbeam
     from hubbeam.pipeline import read_embeddings, read_manifest
@@ -147,6 +165,14 @@ def main(argv=None) -> int:
               f"{manifest['rows_rejected']} rejected, module {manifest['module']['handle']}")
         if manifest["module"]["input_kind"] == "text":
             text_outputs.append(str(manifest_path.parent))
+
+    for marker in sorted((data / "modules").glob("*/*/_PUBLISHED.json")):
+        published = json.loads(marker.read_text())
+        metadata = json.loads((marker.parent / "saved_model" / "assets.extra" / "hubbeam_module.json").read_text())
+        tune = metadata["finetune"]
+        print(f"  published {published['name']} {published['version']} at {marker.parent} "
+              f"(accuracy {tune['baseline']:.3f} frozen -> {tune['finetuned']:.3f} fine-tuned, "
+              f"sha256 {published['tree_sha256'][:16]}…)")
 
     print("\n[search]  nearest documents to a few queries (minilm)")
     import sqlite3

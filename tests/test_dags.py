@@ -214,3 +214,47 @@ def test_a_bad_module_fails_at_once_without_retries(dagbag, workspace, tmp_path)
     assert run.state == DagRunState.FAILED
     plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
     assert plan.state == TaskInstanceState.FAILED and plan.try_number == 1
+
+
+@pytest.fixture
+def labelled_digits(tmp_path):
+    from hubbeam.demo import write_labelled_digits
+
+    return write_labelled_digits(tmp_path / "labelled", count=160)
+
+
+def test_finetune_publishes_only_improvements_and_reruns_change_nothing(dagbag, labelled_digits, digits_module,
+                                                                           tmp_path):
+    from airflow.utils.state import TaskInstanceState
+
+    from hubbeam.export.publishing import MARKER
+    from hubbeam.hub.metadata import METADATA_PATH
+
+    store = tmp_path / "store"
+    conf = {"base_module": str(digits_module), "train": str(labelled_digits), "image_column": "path",
+            "epochs": 1, "module_store": str(store)}
+    first = run_dag(dagbag, "finetune_export_module", D1, **conf)
+    [version] = [p.name for p in (store / "digits-finetuned").iterdir()]
+    marker = store / "digits-finetuned" / version / MARKER
+    metadata_file = store / "digits-finetuned" / version / "saved_model" / METADATA_PATH
+    published = json.loads(metadata_file.read_text())
+    assert published["parent"]["sha256"] and 0 < published["finetune"]["finetuned"] <= 1
+    assert {ti.task_id: ti.state for ti in first.get_task_instances()}["publish"] == TaskInstanceState.SUCCESS
+    import hubbeam
+
+    assert hubbeam.load(f"{store}/digits-finetuned/{version}/saved_model").dim == 64
+
+    # The same interval again: its version is out, so nothing runs and nothing changes.
+    before = tree_digests(store)
+    rerun = run_dag(dagbag, "finetune_export_module", D1, **conf)
+    states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
+    assert states["finetune"] == TaskInstanceState.SKIPPED and tree_digests(store) == before
+
+    # A later interval whose model does not beat the published one is not published.
+    published["finetune"]["finetuned"] = 1.01  # no accuracy can beat this
+    metadata_file.write_text(json.dumps(published))
+    later = run_dag(dagbag, "finetune_export_module", D1 + dt.timedelta(days=7), **conf)
+    states = {ti.task_id: ti.state for ti in later.get_task_instances()}
+    assert states["finetune"] == TaskInstanceState.SUCCESS and states["publish"] == TaskInstanceState.SKIPPED
+    assert [p.name for p in (store / "digits-finetuned").iterdir()] == [version]
+    assert marker.exists()

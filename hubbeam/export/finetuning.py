@@ -392,7 +392,7 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
 
     # 3. Export the encoder with its updated variables.
     out = Path(out_dir).expanduser().resolve()
-    name = name or f"{base_metadata.get('name') or _stem(resolved.handle)}-finetuned"
+    name = name or finetuned_name(resolved.handle, base_metadata)
     version = str(version or "1")
     check_name(name, "name")
     check_name(version, "version")
@@ -417,6 +417,11 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
     report = {"module": str(path), "name": name, "version": version, "parent": metadata["parent"], **summary,
               "weights_sha256": read_metadata(path)["weights_sha256"]}
     return FinetuneResult(path, report, layer, head, classes)
+
+
+def finetuned_name(handle: str, base_metadata: dict) -> str:
+    """BASE-finetuned: the name a fine-tuned module gets when none is asked for."""
+    return f"{base_metadata.get('name') or _stem(handle)}-finetuned"
 
 
 def _stem(handle: str) -> str:

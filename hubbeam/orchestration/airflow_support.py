@@ -60,6 +60,38 @@ def default_module() -> str:
     return os.environ.get("HUBBEAM_EMBED_MODULE") or os.path.abspath("build/modules/minilm")
 
 
+def default_finetune_module() -> str:
+    return os.environ.get("HUBBEAM_FINETUNE_MODULE") or os.path.abspath("build/modules/digits")
+
+
+def finetuned_name(base_module: str) -> str:
+    """The name finetune() gives a fine-tuned module when none is asked for."""
+    from hubbeam.export.finetuning import finetuned_name as name_for
+    from hubbeam.hub.metadata import read_metadata
+    from hubbeam.hub.resolver import resolve_module
+
+    resolved = resolve_module(base_module)
+    return name_for(resolved.handle, read_metadata(resolved.path) or {})
+
+
+@contextlib.contextmanager
+def storage_connection(conn_id: str):
+    """Credentials of an Airflow storage connection (aws, google_cloud_platform) for the block; none: the
+    environment's own."""
+    from hubbeam.orchestration.release import connection_credentials
+
+    if not conn_id:
+        with connection_credentials(None):
+            yield
+        return
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    with connection_credentials({"conn_type": conn.conn_type, "login": conn.login, "password": conn.password,
+                                 "extra": conn.extra_dejson}):
+        yield
+
+
 def sqlalchemy_url(conn_id: str = CORPUS_DB_CONN_ID) -> str:
     """The SQLAlchemy URL of an Airflow connection (or the demo's SQLite file when it is not defined)."""
     from airflow.sdk import BaseHook

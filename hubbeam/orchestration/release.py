@@ -1,0 +1,87 @@
+"""Fine-tune → compare → publish, as the finetune_export_module DAG runs it. Imports no TensorFlow itself.
+
+A run's version is its data interval's end date (`YYYYMMDD`), so a re-run of the interval finds its version
+already published and changes nothing. A new version is published only when its eval metric beats the
+latest published version's (which is read from that version's own metadata, so no extra state is kept).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+from hubbeam.errors import HubbeamError
+from hubbeam.orchestration import storage
+
+
+def published_versions(dest: str, name: str) -> list[str]:
+    """Versions of NAME under DEST that are completely published (their marker exists), oldest first."""
+    from hubbeam.export.publishing import MARKER
+
+    root = storage.join(dest, name)
+    return [v for v in storage.list_dirs(root) if storage.exists(storage.join(root, v, MARKER))]
+
+
+def published_metric(dest: str, name: str, version: str) -> float | None:
+    """The fine-tuned eval metric recorded in a published version's metadata (None if it has none)."""
+    from hubbeam.export.publishing import FOLDER
+    from hubbeam.hub.metadata import METADATA_PATH
+
+    metadata = storage.read_json(storage.join(dest, name, version, FOLDER, METADATA_PATH)) or {}
+    return (metadata.get("finetune") or {}).get("finetuned")
+
+
+def decide(report: dict, dest: str, name: str, version: str) -> dict:
+    """Whether the fine-tuned module should be published as NAME/VERSION, and why."""
+    earlier = [v for v in published_versions(dest, name) if v < version]
+    current = earlier[-1] if earlier else None
+    current_metric = published_metric(dest, name, current) if current else None
+    new_metric = report["finetuned"]
+    publish = current is None or current_metric is None or new_metric > current_metric
+    reason = ("nothing published yet" if current is None else
+              f"{report['metric']} {new_metric:.4f} vs {current_metric} of version {current}")
+    return {"publish": publish, "reason": reason, "current_version": current, "current_metric": current_metric,
+            "new_metric": new_metric, "baseline_metric": report["baseline"]}
+
+
+@contextlib.contextmanager
+def connection_credentials(conn: dict | None):
+    """Expose an Airflow connection's credentials the way fsspec's S3/GCS clients read them, for one call.
+
+    conn: {"conn_type", "login", "password", "extra"} (aws: key id / secret, extra endpoint_url or region_name;
+    google_cloud_platform: extra key_path or keyfile_dict). None: the environment's own credentials.
+    """
+    if not conn:
+        yield
+        return
+    extra = conn.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra or "{}")
+    env, keyfile = {}, None
+    if conn["conn_type"] == "aws":
+        env.update({"AWS_ACCESS_KEY_ID": conn.get("login"), "AWS_SECRET_ACCESS_KEY": conn.get("password"),
+                    "HUBBEAM_S3_ENDPOINT_URL": extra.get("endpoint_url"), "AWS_DEFAULT_REGION": extra.get("region_name")})
+    elif conn["conn_type"] in ("google_cloud_platform", "gcp"):
+        token = extra.get("key_path")
+        if not token and extra.get("keyfile_dict"):
+            keys = extra["keyfile_dict"]
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as keyfile:
+                keyfile.write(keys if isinstance(keys, str) else json.dumps(keys))
+            os.chmod(keyfile.name, 0o600)
+            token = keyfile.name
+        env["HUBBEAM_GCS_TOKEN"] = token
+    else:
+        raise HubbeamError(f"storage connection type {conn['conn_type']!r} is not supported (aws, google_cloud_platform)")
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        os.environ.update({k: v for k, v in env.items() if v})
+        yield
+    finally:
+        if keyfile is not None:
+            os.unlink(keyfile.name)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
