@@ -28,13 +28,12 @@ SAMPLE_UPDATED_AT = "2026-01-01 00:00:00"
 
 
 def build_missing(modules_dir: Path) -> dict[str, Path]:
-    from hubbeam.hub.archive import is_saved_model_dir
-    from hubbeam.modules import BUILDERS, build_module
+    from hubbeam.modules import BUILDERS, build_module, is_current
 
     paths = {}
     for name in BUILDERS:
         path = (modules_dir / name).resolve()
-        if is_saved_model_dir(path):
+        if is_current(name, path):
             print(f"[build]   {name}: already built at {path}")
         else:
             print(f"[build]   {name} -> {path}")

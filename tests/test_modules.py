@@ -239,3 +239,16 @@ def test_module_reloads_in_fresh_process(tiny_wordvec_module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     fresh = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(fresh, hubbeam.load(str(tiny_wordvec_module))(["the cat sat"]), rtol=1e-6)
+
+
+def test_builds_record_their_builder_so_stale_builds_are_not_reused(tiny_wordvec_module, tmp_path):
+    from hubbeam.hub.metadata import write_metadata
+    from hubbeam.modules import builder_fingerprint, is_current
+
+    assert read_metadata(tiny_wordvec_module)["builder_sha256"] == builder_fingerprint("wordvec")
+    assert is_current("wordvec", tiny_wordvec_module) and not is_current("wordvec", tmp_path)
+    import shutil
+
+    stale = shutil.copytree(tiny_wordvec_module, tmp_path / "stale")
+    write_metadata(stale, {**read_metadata(stale), "builder_sha256": "0" * 64})
+    assert not is_current("wordvec", stale)
