@@ -53,11 +53,15 @@ test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long tests; rc=$$?; [ $$rc -eq 5 ] && echo "no long tests selected" || exit $$rc
 
 ROWS ?= 2000
-bench: $(STAMP)
+IMAGES ?= 2000
+bench: $(STAMP) .venv-ref/.installed
 	test -d $(MODULES_DIR)/minilm || $(BIN)/python -m hubbeam build-module minilm --out $(MODULES_DIR)/minilm
-	$(BIN)/python bench/embed_bench.py --rows $(ROWS) --module $(MODULES_DIR)/minilm
+	test -d $(MODULES_DIR)/digits || $(BIN)/python -m hubbeam build-module digits --out $(MODULES_DIR)/digits
 	test -d $(MODULES_DIR)/use-multilingual || $(BIN)/python -m hubbeam build-module use-multilingual --out $(MODULES_DIR)/use-multilingual
-	$(BIN)/python bench/embed_bench.py --rows $(ROWS) --module $(MODULES_DIR)/use-multilingual
+	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/minilm
+	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/use-multilingual
+	$(BIN)/python bench/embed_bench.py --suite images --images $(IMAGES) --module $(MODULES_DIR)/digits
+	$(BIN)/python bench/embed_bench.py --suite scaling --rows $(ROWS) --module $(MODULES_DIR)/minilm
 
 clean:
 	rm -rf build .pytest_cache

