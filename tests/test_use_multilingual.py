@@ -91,3 +91,21 @@ def test_embeds_end_to_end_through_the_pipeline(use_module, tmp_path):
     texts = {r["id"]: r["text"] for r in rows}
     expected = hubbeam.load(str(use_module))([texts[i] for i in ids])
     assert cosine_rows(matrix, expected).min() >= 0.9999
+
+
+def test_fine_tunes_and_exports_like_any_other_module(use_module, tmp_path):
+    from hubbeam.export import finetune
+
+    parallel = json.loads((FIXTURES / "use_parallel_sentences.json").read_text())
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for lang, sentences in parallel.items():
+            for i, text in enumerate(sentences[:6]):
+                f.write(json.dumps({"text": text, "label": f"s{i}"}, ensure_ascii=False) + "\n")
+    result = finetune(str(use_module), tmp_path / "train.jsonl", "label", tmp_path / "tuned", epochs=1, batch_size=32,
+                      learning_rate=1e-3)
+    assert result.report["finetuned"] >= 0.5 and result.report["rows"]["train"] + result.report["rows"]["eval"] == 96
+    tuned = hubbeam.load(str(result.path))
+    base = hubbeam.load(str(use_module))
+    sample = parallel["de"][6:]
+    assert tuned.dim == 512 and cosine_rows(tuned(sample), base(sample)).min() < 0.99999
+    assert read_metadata(result.path)["parent"]["sha256"] == base.module_sha256
