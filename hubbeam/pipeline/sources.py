@@ -152,8 +152,9 @@ class RowReader:
     def _read_csv(self, path, handle):
         text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
         delimiter = "\t" if path.lower().endswith(".tsv") else ","
+        # Fields up to the row size limit parse (then too_large decides), instead of csv's 128 KiB default.
+        csv.field_size_limit(max(self.spec.max_value_bytes + 1, csv.field_size_limit()))
         reader = csv.DictReader(text, delimiter=delimiter)
-        number = 1
         while True:
             try:
                 record = next(reader)
