@@ -341,3 +341,26 @@ def test_undecodable_bytes_in_ids_and_texts_never_break_the_output(tmp_path, tin
     ids, _, extra = read_embeddings(str(tmp_path / "out"), columns=["tag"])
     assert sorted(ids) == sorted(["ok\ufffd1", "ok3", "s\ufffd"])
     assert dict(zip(ids, extra["tag"]))["ok\ufffd1"] == "x\ufffd"
+
+
+@pytest.mark.parametrize("runner", ["multi_processing", "portable"])
+@pytest.mark.parametrize("module_name", ["minilm", "digits"])
+def test_distributed_runners_match_the_module_directly(runner, module_name, request, tmp_path, mixed_text_corpus,
+                                                       image_corpus):
+    """Every runner writes what the module computes: minilm and digits here; wordvec in the tests above."""
+    from hubbeam.images import decode_image
+
+    module = request.getfixturevalue(f"{module_name}_module")
+    beam_args = (["--direct_running_mode=multi_processing", "--direct_num_workers=2"] if runner == "multi_processing"
+                 else ["--runner=PortableRunner", f"--job_endpoint={request.getfixturevalue('local_job_service')}",
+                       "--environment_type=LOOPBACK"])
+    pattern = mixed_text_corpus[0] if module_name == "minilm" else image_corpus[0]
+    manifest = run(tmp_path / "out", module, pattern, *beam_args)
+    assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"]
+    if module_name == "minilm":
+        assert_matches_module(tmp_path / "out", module, mixed_text_corpus[2])
+    else:
+        ids, matrix = read_embeddings(str(tmp_path / "out"))
+        assert sorted(ids) == sorted(image_corpus[1])
+        expected = hubbeam.load(str(module))(np.stack([decode_image(Path(i).read_bytes(), (32, 32)) for i in ids]))
+        assert cosine_rows(matrix, expected).min() >= 0.9999
