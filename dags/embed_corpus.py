@@ -2,8 +2,9 @@
 
 plan -> embed (one mapped run of the Beam job per snapshot still to do, with this environment's own
 interpreter: nothing is installed at run time) -> check (every manifest complete and accounted for) -> emits
-the embeddings asset. Outputs are keyed by the module's digest: with the same module only new snapshots are
-embedded; a new module digest embeds everything again.
+the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it). Outputs
+are keyed by the module's digest: with the same module only new snapshots are embedded; a new module digest
+embeds everything again.
 
 The job runs through the standard BashOperator, not the Beam provider's BeamRunPythonPipelineOperator: in
 apache-airflow-providers-apache-beam 6.3.1 that operator cannot even be constructed without
@@ -84,4 +85,14 @@ with DAG(
         outlet_events[EMBEDDINGS].extra = {k: totals[k] for k in ("runs", "rows_embedded", "rows_rejected")}
         return totals
 
-    embed >> check(planned)
+    @task
+    def report(totals: dict) -> list[str]:
+        """report.html next to each checked output: counts, rejected rows, a map and neighbours."""
+        from hubbeam.orchestration.embedding import write_reports
+
+        with support.fail_fast():
+            return write_reports([entry["output"] for entry in totals["outputs"]])
+
+    checked = check(planned)
+    embed >> checked
+    report(checked)

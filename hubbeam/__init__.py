@@ -22,6 +22,8 @@ _LAZY = {
     "finetune": "hubbeam.export.finetuning",
     "pack": "hubbeam.export.packing",
     "publish": "hubbeam.export.publishing",
+    "search": "hubbeam.inspection.search",
+    "write_report": "hubbeam.inspection.report",
     "HubbeamError": "hubbeam.errors",
 }
 

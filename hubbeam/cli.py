@@ -102,6 +102,7 @@ def _cmd_encode(args) -> int:
 def _cmd_embed(args) -> int:
     from hubbeam.pipeline.job import job_from_args, run_embed, summary
 
+    _import_beam_quietly()
     job = job_from_args(args)
     manifest = run_embed(job, args.beam_args)
     print(summary(manifest, job.output))
@@ -245,6 +246,94 @@ def _add_module_commands(sub, handle_help: str) -> None:
     p.set_defaults(func=_cmd_publish)
 
 
+# --- search, report: looking at a finished run (hubbeam.inspection) ------------------------------------------------
+
+def _import_beam_quietly() -> None:
+    """Importing Beam's filesystems logs an unrelated warning on the root logger (no apitools for BigQuery)."""
+    root = logging.getLogger()
+    level = root.level
+    if not root.isEnabledFor(logging.INFO):  # -v keeps everything
+        root.setLevel(logging.ERROR)
+    try:
+        import apache_beam.io.filesystems  # noqa: F401
+    finally:
+        root.setLevel(level)
+
+
+def _cmd_search(args) -> int:
+    from hubbeam.inspection.search import format_results, search
+
+    _import_beam_quietly()
+    from hubbeam.pipeline.output import read_manifest
+
+    if args.query and args.image:
+        raise HubbeamError("give a text query or --image PATH, not both")
+    if not args.query and not args.image:
+        raise HubbeamError("give a text query, or --image PATH for an image module")
+    results = search(args.embeddings, args.module, query=args.query, image=args.image, k=args.k,
+                     id_column=args.id_column, text_column=args.text_column, image_column=args.image_column)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        label = f"image {args.image}" if args.image else json.dumps(args.query, ensure_ascii=False)
+        print(format_results(results, args.embeddings, read_manifest(args.embeddings), label))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from hubbeam.inspection.report import write_report
+
+    _import_beam_quietly()
+
+    path = write_report(args.embeddings, args.out, color_by=args.color_by, sample=args.sample,
+                        examples=args.examples, neighbours=args.neighbours, seed=args.seed,
+                        id_column=args.id_column, text_column=args.text_column, image_column=args.image_column)
+    print(f"report written to {path}")
+    return 0
+
+
+def _add_inspection_commands(sub, handle_help: str) -> None:
+    def source_columns(p):
+        p.add_argument("--id-column", default="id", help="id field of the source files, to show text (default: id)")
+        p.add_argument("--text-column", default="text", help="text field of the source files, or a pass-through "
+                                                             "column of the output (default: text)")
+        p.add_argument("--image-column", default="image", help="binary image column of Parquet sources (default: image)")
+
+    p = sub.add_parser(
+        "search", help="the rows of a finished run nearest to a text or image query",
+        description="Embed the query with the module the run used (its digest is checked against the run's "
+                    "manifest and shards; another module is refused) and print the k nearest rows by cosine: id, "
+                    "score and a snippet of the text (from a pass-through text column, else re-read from the "
+                    "source file) or the image path. Streams the shards one batch at a time.",
+        epilog="example: hubbeam search --embeddings out/ --module build/modules/minilm \"unit tests\" -k 5")
+    p.add_argument("--embeddings", required=True, metavar="DIR", help="output folder of `hubbeam embed`")
+    p.add_argument("--module", required=True, help=handle_help + " (the one the run used)")
+    p.add_argument("query", nargs="?", help="text to search for")
+    p.add_argument("--image", metavar="PATH", help="an image file to search for (image modules)")
+    p.add_argument("-k", type=int, default=10, help="how many rows to show (default: 10)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    source_columns(p)
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "report", help="write a self-contained HTML report of a finished run",
+        description="One HTML file that opens without network: the manifest in words, rejected rows by reason "
+                    "with examples, a 2-D PCA map of a sample of the embeddings (hover for id and text), and the "
+                    "nearest neighbours of a few random rows.",
+        epilog="example: hubbeam report out/ --out report.html --color-by lang")
+    p.add_argument("embeddings", metavar="DIR", help="output folder of `hubbeam embed`")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: DIR/report.html)")
+    p.add_argument("--color-by", default="source", metavar="COLUMN",
+                   help="colour the map by this column of the output: source (default), truncated, or a "
+                        "pass-through column")
+    p.add_argument("--sample", type=int, default=5000, help="most points on the map (default: 5000)")
+    p.add_argument("--examples", type=int, default=6, help="random rows shown with their neighbours (default: 6)")
+    p.add_argument("--neighbours", type=int, default=5, help="neighbours shown for each (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample and the example rows (default: 0)")
+    source_columns(p)
+    p.set_defaults(func=_cmd_report)
+
+
 def _short(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -313,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=_cmd_embed)
     _add_module_commands(sub, handle_help)
+    _add_inspection_commands(sub, handle_help)
     return parser
 
 

@@ -8,7 +8,8 @@
 4. run the DAGs with `airflow dags test` in a project-local AIRFLOW_HOME (SQLite): corpus_extraction, then
    embed_corpus with minilm (text) and with digits (images), on Beam's in-process runner, then
    finetune_export_module (digits on labelled digit images), which publishes to DATA_ROOT/modules;
-5. print where everything is, and the nearest rows to a few queries.
+5. print where everything is (with each output's report.html), and the nearest rows to a few queries
+   (`hubbeam.search`).
 """
 from __future__ import annotations
 
@@ -100,17 +101,6 @@ def airflow(env: dict, *args: str) -> None:
     print(f"          {state}")
 
 
-def nearest(ids, matrix, texts: dict, query_vectors, queries, k=3) -> None:
-    import numpy as np
-
-    scores = query_vectors @ matrix.T
-    for query, row in zip(queries, scores):
-        print(f"  {query!r}")
-        for j in np.argsort(-row)[:k]:
-            snippet = " ".join(texts.get(ids[j], "").split())[:90]
-            print(f"     {row[j]:.3f}  {ids[j]}  {snippet}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="build/demo")
@@ -154,7 +144,7 @@ def main(argv=None) -> int:
         {"base_module": str(paths["digits"]), "train": str(train), "image_column": "path", "epochs": 3}))
 
     import hubbeam
-    from hubbeam.pipeline import read_embeddings, read_manifest
+    from hubbeam.pipeline import read_manifest
 
     print(f"\n[outputs] corpus snapshots under {data}/corpus/, embeddings under {data}/embeddings/")
     text_outputs = []
@@ -162,6 +152,9 @@ def main(argv=None) -> int:
         manifest = read_manifest(str(manifest_path.parent))
         print(f"  {manifest_path.parent.relative_to(data)}: {manifest['rows_embedded']} embedded, "
               f"{manifest['rows_rejected']} rejected, module {manifest['module']['handle']}")
+        report = manifest_path.parent / "report.html"
+        if report.exists():
+            print(f"    report {report}")
         if manifest["module"]["input_kind"] == "text":
             text_outputs.append(str(manifest_path.parent))
 
@@ -173,13 +166,12 @@ def main(argv=None) -> int:
               f"(accuracy {tune['baseline']:.3f} frozen -> {tune['finetuned']:.3f} fine-tuned, "
               f"sha256 {published['tree_sha256'][:16]}…)")
 
-    print("\n[search]  nearest documents to a few queries (minilm)")
-    import sqlite3
-
-    with sqlite3.connect(data / "corpus.db") as db:
-        texts = dict(db.execute("SELECT id, text FROM documents"))
-    ids, matrix = read_embeddings(text_outputs[0])
-    nearest(ids, matrix, texts, hubbeam.load(str(paths["minilm"]))(QUERIES), QUERIES)
+    print(f"\n[search]  hubbeam search --embeddings {text_outputs[0]} --module {paths['minilm']} QUERY -k 3")
+    embedder = hubbeam.load(str(paths["minilm"]))  # loaded once, searched with many times
+    for query in QUERIES:
+        print(f"  {query!r}")
+        for hit in hubbeam.search(text_outputs[0], embedder, query=query, k=3):
+            print(f"     {hit['score']:.3f}  {hit['id']}  {(hit['snippet'] or '')[:90]}")
     print(f"\ndemo finished. Airflow home (SQLite): {workdir}/airflow; `make airflow` starts the UI on it.")
     return 0
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SUBCOMMANDS = ["resolve", "inspect", "build-module", "encode", "embed", "export", "finetune", "pack", "publish"]
+SUBCOMMANDS = ["resolve", "inspect", "build-module", "encode", "embed", "export", "finetune", "pack", "publish",
+               "search", "report"]
 
 
 def hubbeam(*args, check=False):

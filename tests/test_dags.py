@@ -179,6 +179,8 @@ def test_images_embed_with_an_image_module(dagbag, workspace, digits_module):
     [(key, manifest)] = manifests(ws["embeddings"]).items()
     assert key.endswith("/images") and manifest["rows_embedded"] == 6
     assert manifest["module"]["input_kind"] == "image"
+    report = (ws["embeddings"] / key / "report.html").read_text()  # the report task, thumbnails from the snapshot
+    assert 'id="rows-embedded">6<' in report and "data:image/png;base64," in report
 
 
 def test_explicit_input_and_output(dagbag, workspace, tiny_wordvec_module, tmp_path):
@@ -188,6 +190,7 @@ def test_explicit_input_and_output(dagbag, workspace, tiny_wordvec_module, tmp_p
           batch_size=8)
     manifest = json.loads((tmp_path / "adhoc-out" / "manifest.json").read_text())
     assert (manifest["rows_embedded"], manifest["rows_rejected"], manifest["batch_size"]) == (1, 1, 8)
+    assert 'id="rows-rejected">1<' in (tmp_path / "adhoc-out" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("conf, message", [

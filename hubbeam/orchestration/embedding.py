@@ -59,3 +59,10 @@ def check_outputs(outputs: list[str]) -> dict:
         totals["outputs"].append({"output": output, "module_sha256": manifest["module"]["sha256"],
                                   "rows_embedded": manifest["rows_embedded"]})
     return totals
+
+
+def write_reports(outputs: list[str]) -> list[str]:
+    """`report.html` (hubbeam.inspection.report) into each finished output folder; their paths."""
+    from hubbeam.inspection.report import write_report
+
+    return [write_report(output) for output in outputs]

@@ -1,0 +1,118 @@
+"""Nearest rows of a finished run to a text or image query, embedded with the run's own module.
+
+    hubbeam.search("out/", "build/modules/minilm", query="parse command line arguments", k=5)
+    -> [{"id": …, "score": 0.71, "source": "corpus/part-0.jsonl", "snippet": "argparse makes it easy …"}, …]
+
+The module must be the one the run used: its digest is checked against the manifest (and each shard's
+`hubbeam.module_sha256`) before TensorFlow is even loaded; vectors of different modules are not comparable.
+The shards are streamed one batch at a time with a running top-k, so memory does not grow with the output.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hubbeam.errors import HubbeamError
+from hubbeam.inspection.lookup import RowLookup, is_image_file, short
+from hubbeam.inspection.shards import EmbeddingsOutput, nearest
+
+
+def check_module(output: EmbeddingsOutput, handle: str, sha256: str) -> None:
+    """Refuse a module other than the one that embedded the output, naming both handles and digests."""
+    used = output.module
+    if sha256 != used["sha256"]:
+        raise HubbeamError(
+            f"module mismatch: {output.directory} was embedded with {used['handle']} (sha256 {used['sha256']}), "
+            f"but {handle} is sha256 {sha256}; embeddings of different modules are not comparable: search with "
+            f"the module the run used, or embed again with this one")
+
+
+def query_embedder(output: EmbeddingsOutput, module):
+    """An Embedder for the output's module, signature and output key; module: a handle or a loaded Embedder."""
+    used = output.module
+    if hasattr(module, "module_sha256"):  # already loaded (notebooks: load once, search many times)
+        check_module(output, module.handle, module.module_sha256)
+        if (module.signature, module.output_key) != (used["signature"], used["output_key"]):
+            raise HubbeamError(f"{output.directory} holds signature {used['signature']!r} output {used['output_key']!r};"
+                               f" the embedder calls signature {module.signature!r} output {module.output_key!r}")
+        return module
+    from hubbeam.hub.loader import Embedder, load_object
+    from hubbeam.hub.resolver import resolve_module
+
+    resolved = resolve_module(str(module))
+    check_module(output, resolved.handle, resolved.sha256)  # before TensorFlow is loaded
+    return Embedder(resolved, load_object(resolved), used["signature"], used["output_key"])
+
+
+def embed_query(embedder, query: str | None = None, image: str | None = None) -> np.ndarray:
+    """float32 [1, D] for one text or one image file."""
+    if (query is None) == (image is None):
+        raise HubbeamError("give either a text query or an image (--image PATH), not both or neither")
+    if image is not None:
+        if embedder.input_kind != "image":
+            raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input: give a text query, not --image")
+        from apache_beam.io.filesystems import FileSystems
+
+        from hubbeam.images import decode_image
+
+        try:
+            with FileSystems.open(str(image)) as f:
+                data = f.read()
+        except Exception as exc:  # Beam wraps local and remote failures alike
+            raise HubbeamError(f"cannot read image {image}: {exc}") from exc
+        try:
+            batch = decode_image(data, embedder.image_size)[None]
+        except HubbeamError as exc:
+            raise HubbeamError(f"{image}: {exc}") from exc
+    else:
+        if embedder.input_kind != "text":
+            raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input: query with --image PATH")
+        if not str(query).strip():
+            raise HubbeamError("the query is empty")
+        batch = [str(query)]
+    return np.asarray(embedder(batch), dtype=np.float32)
+
+
+def search(embeddings_dir, module, query: str | None = None, image: str | None = None, k: int = 10, *,
+           id_column: str = "id", text_column: str = "text", image_column: str = "image",
+           snippet_chars: int = 200) -> list[dict]:
+    """The k rows of a finished run nearest by cosine to a text query or an image file.
+
+    module: the handle the run used (checked by digest) or an Embedder already loaded from it.
+    Returns dicts with id, score (cosine), source and snippet: the row's text (from a pass-through `text`
+    column, else re-read from its source file), the image file's path for image runs, or None.
+    id_column / text_column / image_column: how the source files name them, if not the defaults.
+    """
+    if k < 1:
+        raise HubbeamError("k must be at least 1")
+    output = EmbeddingsOutput(str(embeddings_dir))
+    embedder = query_embedder(output, module)
+    [hits] = nearest(output, embed_query(embedder, query=query, image=image), k)
+    values = {}
+    if output.kind == "text":
+        values = RowLookup(output, id_column, text_column, image_column).values(hits)
+    results = []
+    for hit in hits:
+        if output.kind == "text":
+            value = values.get((hit.shard, hit.row))
+            snippet = short(value, snippet_chars) if value is not None else None
+        else:
+            snippet = hit.source if is_image_file(hit.source) else None
+        results.append({"id": hit.id, "score": round(float(hit.score), 6), "source": hit.source, "snippet": snippet})
+    return results
+
+
+def format_results(results: list[dict], output_dir: str, manifest: dict, label: str) -> str:
+    module = manifest["module"]
+    lines = [f"{len(results)} nearest of {manifest['rows_embedded']:,} rows in {output_dir} to {label} "
+             f"(module {module['handle']}, sha256 {module['sha256'][:16]}…)"]
+    width = max([len(r["id"]) for r in results] + [2])
+    width = min(width, 48)
+    for rank, r in enumerate(results, start=1):
+        if r["snippet"] is None:  # no text to show: at least say which file it came from
+            shown = f"({Path(r['source']).name})" if r["source"] else ""
+        else:
+            shown = "" if r["snippet"] == r["id"] else r["snippet"]
+        lines.append(f"{rank:>3}  {r['score']:.4f}  {short(r['id'], 48):<{width}}  {shown}")
+    return "\n".join(lines)
