@@ -47,6 +47,7 @@ airflow: $(STAMP)
 	$(BIN)/airflow standalone
 
 test: $(STAMP)
+	bash .ci/ensure-chromium
 	$(BIN)/python -m pytest -m "not long" tests
 
 test-long: $(STAMP)
