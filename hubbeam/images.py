@@ -2,13 +2,15 @@
 
 Pillow does the decoding. EXIF orientation is applied, animations contribute their first frame,
 transparency is composited on white, and everything becomes RGB. The pixel count is checked from the
-header before any pixel is decoded, so a decompression bomb is refused cheaply.
+header before any pixel is decoded, so a decompression bomb is refused cheaply. PNG chunks must pass their
+CRC check.
 """
 from __future__ import annotations
 
 import io
 import os
 import warnings
+import zlib
 
 import numpy as np
 
@@ -29,12 +31,35 @@ def max_pixels() -> int:
     return int(os.environ.get("HUBBEAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_crcs(data: bytes) -> None:
+    """Refuse a PNG whose chunks fail their CRC: Pillow checks the header's chunks but not the pixel data's
+    (IDAT), so a corrupted file would otherwise decode to wrong pixels without a word. A truncated file is
+    left to the decoder, which refuses it."""
+    view, position = memoryview(data), len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length = int.from_bytes(view[position:position + 4], "big")
+        end = position + 8 + length
+        if end + 4 > len(data):
+            return
+        if zlib.crc32(view[position + 4:end]) != int.from_bytes(view[end:end + 4], "big"):
+            name = bytes(view[position + 4:position + 8]).decode("latin-1")
+            raise ImageDecodeError("undecodable_image", f"corrupt PNG: chunk {name!r} fails its CRC check")
+        if view[position + 4:position + 8] == b"IEND":
+            return
+        position = end + 4
+
+
 def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
     """bytes -> float32 [height, width, 3] in [0, 1]; size is (height, width)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise ImageDecodeError("empty_file", "empty file (0 bytes)")
+    if data[:len(_PNG_SIGNATURE)] == _PNG_SIGNATURE:
+        _check_png_crcs(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

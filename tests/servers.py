@@ -8,6 +8,8 @@ for the whole run:
   held after its first chunk, truncated, 404), counting GET requests per path.
 - s3_bucket: moto's ThreadedMotoServer holding the module as a folder and as a tarball.
 - gcs_bucket: gcp-storage-emulator (in memory) holding the same.
+- s3_proxy, gcs_proxy: a FaultProxy in front of those servers (500s, connection resets, held requests, on a
+  policy the test sets), the environment pointed at the proxy.
 
 The function-scoped fixtures (hub_http, s3_bucket, gcs_bucket) point the environment at their server through
 monkeypatch and reset the per-test counters.
@@ -336,6 +338,201 @@ def gcs_bucket(_hub_gcs, monkeypatch) -> str:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", _hub_gcs)
     monkeypatch.delenv("HUBBEAM_GCS_TOKEN", raising=False)
     return GCS_BUCKET
+
+
+# --- a fault-injecting proxy in front of S3 / GCS -----------------------------------------------------------------
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+               "expect", "content-length"}
+
+
+class FaultProxy(http.server.ThreadingHTTPServer):
+    """A ThreadingHTTPServer on 127.0.0.1 that forwards every request to an upstream server (moto, the GCS
+    emulator) unless `fault` says otherwise.
+
+    fault(n, method, path) is asked for the n-th request (1-based) and returns None (forward it), an HTTP status
+    to answer with instead (e.g. 500), "reset" (drop the connection without an answer: what a store that is
+    down or restarting does) or "hold" (park the request until `release` is set, then drop it). The helpers
+    first(), always(), every() and from_nth() build the usual policies. Counters: requests, faults, and
+    `log` of (n, method, path, what happened).
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, upstream: str, flavour: str):
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(upstream)
+        self.upstream = (parts.hostname, parts.port)
+        self.flavour = flavour  # "s3" (XML errors) or "gcs" (JSON errors)
+        self.fault = lambda n, method, path: None
+        self.release = threading.Event()
+        self.held = threading.Event()  # set once a request is parked by "hold"
+        self.log: list[tuple[int, str, str, str]] = []
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-proxy",
+                                       daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @property
+    def requests(self) -> int:
+        return len(self.log)
+
+    @property
+    def faults(self) -> int:
+        return sum(1 for *_, what in self.log if what != "forwarded")
+
+    def decide(self, method: str, path: str):
+        with self._lock:
+            n = len(self.log) + 1
+            what = self.fault(n, method, path)
+            self.log.append((n, method, path, "forwarded" if what is None else str(what)))
+            return what
+
+    def error_body(self, status: int) -> tuple[str, bytes]:
+        if self.flavour == "s3":
+            return "application/xml", (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+                                       f"<Message>injected fault (HTTP {status})</Message></Error>").encode()
+        return "application/json", (f'{{"error": {{"code": {status}, "message": "injected fault (HTTP {status})"}}}}'
+                                    ).encode()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.shutdown()
+        self.server_close()
+
+
+def first(count: int, what=500):
+    """The first `count` requests fail, then the store recovers."""
+    return lambda n, method, path: what if n <= count else None
+
+
+def always(what=500, match=None):
+    """Every request (or every one whose path contains `match`) fails."""
+    return lambda n, method, path: what if match is None or match in path else None
+
+
+def every(k: int, what=500):
+    """Every k-th request fails (a flaky store)."""
+    return lambda n, method, path: what if n % k == 0 else None
+
+
+def from_nth(start: int, what=500, method_only: str | None = None, counter=None):
+    """Requests from the start-th on (counting only `method_only` requests, if given) fail."""
+    seen = counter if counter is not None else [0]
+
+    def fault(n, method, path):
+        if method_only is None or method == method_only:
+            seen[0] += 1
+            if seen[0] >= start:
+                return what
+        return None
+
+    return fault
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultProxy
+
+    def log_message(self, format, *args):
+        pass
+
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _reset(self) -> None:
+        import struct
+
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()  # RST: the client sees "connection reset by peer"
+
+    def _forward(self):
+        import http.client
+
+        body = self._body()
+        what = self.server.decide(self.command, self.path)
+        if what == "hold":
+            self.server.held.set()
+            self.server.release.wait(120)
+            what = "reset"
+        if what == "reset":
+            self._reset()
+            return
+        if what is not None:
+            content_type, payload = self.server.error_body(int(what))
+            self.send_response(int(what))
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if body or self.command in ("PUT", "POST", "PATCH"):
+            headers["Content-Length"] = str(len(body))
+        upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            self.send_response(response.status, response.reason)
+            for key, value in response.getheaders():
+                if key.lower() not in _HOP_BY_HOP:
+                    self.send_header(key, value)
+            length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+            if length is not None:
+                self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            upstream.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward
+
+
+def _start_proxy(upstream: str, flavour: str) -> FaultProxy:
+    proxy = FaultProxy(upstream, flavour)
+    proxy.thread.start()
+    return proxy
+
+
+@pytest.fixture
+def s3_proxy(_hub_moto, s3_bucket, monkeypatch):
+    """A FaultProxy in front of the moto server, the environment pointed at it (bucket: S3_BUCKET). The moto
+    server itself stays reachable at `proxy.upstream_url` for checks that must not go through the faults."""
+    proxy = _start_proxy(_hub_moto, "s3")
+    proxy.upstream_url = _hub_moto
+    monkeypatch.setenv("HUBBEAM_S3_ENDPOINT_URL", proxy.url)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def gcs_proxy(_hub_gcs, gcs_bucket, monkeypatch):
+    """A FaultProxy in front of the GCS emulator, STORAGE_EMULATOR_HOST pointed at it (bucket: GCS_BUCKET)."""
+    proxy = _start_proxy(_hub_gcs, "gcs")
+    proxy.upstream_url = _hub_gcs
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    yield proxy
+    proxy.stop()
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------

@@ -52,7 +52,10 @@ class CacheEntry:
 
     @classmethod
     def for_location(cls, location: str, root: Path | None = None) -> "CacheEntry":
+        from hubbeam.hub.handles import redact
+
         root = root or cache_root()
+        location = redact(location)  # credentials in a URL must not turn up in folder names
         tail = location.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
         name = re.sub(r"(\.tar\.gz|\.tgz)$", "", tail)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:40] or "module"

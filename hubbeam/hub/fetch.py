@@ -55,7 +55,24 @@ def fetch_archive(handle: Handle, dest: Path) -> str:
             raise FetchError(f"access denied to {handle.display}: {exc}") from exc
         except OSError as exc:
             raise FetchError(f"could not read {handle.display}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - see _storage_failure
+            if (failure := _storage_failure(exc, f"could not read {handle.display}")) is None:
+                raise
+            raise failure from exc
     raise AssertionError(f"not a remote archive handle: {handle}")
+
+
+_STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "aiohttp", "requests", "urllib3", "fsspec")
+
+
+def _storage_failure(exc: Exception, what: str) -> FetchError | None:
+    """A FetchError for what storage clients raise once their own retries are spent: not only OSError but,
+    e.g., botocore's EndpointConnectionError when the endpoint keeps resetting connections. None for
+    anything else (a bug, to be seen as it is)."""
+    if not any(klass.__module__.startswith(_STORAGE_MODULES) for klass in type(exc).__mro__):
+        return None
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return FetchError(f"{what}: {text}")
 
 
 def _copy_hashing(read, dest: Path, handle: Handle, expected_size: int | None = None) -> str:
@@ -160,6 +177,10 @@ def fetch_folder(handle: Handle, dest: Path) -> None:
         raise FetchError(f"access denied to {handle.display}: {exc}") from exc
     except OSError as exc:
         raise FetchError(f"could not list {handle.display}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - see _storage_failure
+        if (failure := _storage_failure(exc, f"could not list {handle.display}")) is None:
+            raise
+        raise failure from exc
     files = {name: info for name, info in listing.items() if info.get("type", "file") == "file"}
     if not files:
         raise FetchError(f"not found: {handle.display} (no such folder, or it is empty)")
@@ -176,3 +197,7 @@ def fetch_folder(handle: Handle, dest: Path) -> None:
             fs.get_file(name, str(target))
         except OSError as exc:
             raise FetchError(f"could not download {handle.kind}://{name}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - see _storage_failure
+            if (failure := _storage_failure(exc, f"could not download {handle.kind}://{name}")) is None:
+                raise
+            raise failure from exc

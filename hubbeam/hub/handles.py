@@ -39,11 +39,15 @@ class Handle:
     @property
     def display(self) -> str:
         """The location with any credentials stripped: safe to print and to record in provenance."""
-        parts = urllib.parse.urlsplit(self.location)
-        if parts.scheme in ("http", "https") and (parts.username or parts.password):
-            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-            return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-        return self.location
+        return redact(self.location)
+
+
+def redact(url: str) -> str:
+    """url without the user name and password of its authority (`scheme://user:pass@host` -> `scheme://host`)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc and "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return url
 
 
 def _split_pin(handle: str) -> tuple[str, str | None]:
@@ -78,25 +82,25 @@ def parse_handle(handle: str | os.PathLike, sha256: str | None = None) -> Handle
     if sha256 is not None:
         explicit = _normalise_sha256(sha256)
         if pin is not None and pin != explicit:
-            raise HandleError(f"conflicting sha256 pins for {base}: #sha256={pin} in the handle, {explicit} given")
+            raise HandleError(f"conflicting sha256 pins for {redact(base)}: #sha256={pin} in the handle, {explicit} given")
         pin = explicit
 
     parts = urllib.parse.urlsplit(base)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
         if not parts.netloc:
-            raise HandleError(f"invalid URL {base!r}: no host")
+            raise HandleError(f"invalid URL {redact(base)!r}: no host")
         query = urllib.parse.parse_qs(parts.query)
         if not _is_archive_name(parts.path) and "tf-hub-format" not in query:
             # TF Hub hosting convention: the compressed form of a module is served at ?tf-hub-format=compressed.
             extra = urllib.parse.urlencode({"tf-hub-format": "compressed"})
             base = urllib.parse.urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
         elif "tf-hub-format" in query and query["tf-hub-format"] != ["compressed"]:
-            raise HandleError(f"unsupported tf-hub-format in {base!r}: only 'compressed' is served as a tarball")
+            raise HandleError(f"unsupported tf-hub-format in {redact(base)!r}: only 'compressed' is served as a tarball")
         return Handle(raw, "http", base, True, pin)
     if scheme in ("gs", "s3"):
         if not parts.netloc:
-            raise HandleError(f"invalid handle {base!r}: no bucket name")
+            raise HandleError(f"invalid handle {redact(base)!r}: no bucket name")
         location = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         return Handle(raw, scheme, location, _is_archive_name(parts.path), pin)
     if scheme == "file":
@@ -104,7 +108,7 @@ def parse_handle(handle: str | os.PathLike, sha256: str | None = None) -> Handle
     elif scheme == "" or (len(scheme) == 1 and os.name == "nt"):
         path = base
     else:
-        raise HandleError(f"unsupported handle scheme {scheme + '://'!r} in {base!r}; expected {SUPPORTED_FORMS}")
+        raise HandleError(f"unsupported handle scheme {scheme + '://'!r} in {redact(base)!r}; expected {SUPPORTED_FORMS}")
     return _local_handle(raw, Path(path).expanduser(), pin)
 
 

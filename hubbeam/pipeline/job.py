@@ -159,7 +159,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, EmbedImages, EmbedText, ReadRows
+    from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText, ReadRows
 
     embedder = model.acquire().embedder
     kind = embedder.input_kind
@@ -173,7 +173,8 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     schema = out.embeddings_schema(embedder.dim, kind, _extra_types(job, files), provenance, job.float16)
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
     transform = (EmbedText if kind == "text" else EmbedImages)(
-        model.pinned(embedder.module_sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows, image_size=embedder.image_size)
+        model.pinned(embedder.module_sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
+        image_size=embedder.image_size, reshuffle=spreads_work(pipeline.options))
 
     read = (pipeline
             | "Match" >> fileio.MatchFiles(job.input)
@@ -184,13 +185,14 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
 
     shard_args = {"num_shards": job.num_shards, "shard_name_template": out.SHARD_TEMPLATE,
                   "file_name_suffix": out.SUFFIX, "codec": job.parquet_codec}
-    embedding_files = embedded.embeddings | "WriteEmbeddings" >> WriteToParquetBatched(
+    tables = embedded.embeddings | "RowGroups" >> beam.ParDo(CoalesceTables())
+    embedding_files = tables | "WriteEmbeddings" >> WriteToParquetBatched(
         out.join(staging, out.EMBEDDINGS_PREFIX), schema=schema, **shard_args)
     rejected_files = (rejected
                       | "RejectedAsDicts" >> beam.Map(lambda r: r._asdict())
                       | "WriteRejected" >> WriteToParquet(out.join(staging, out.REJECTED_PREFIX),
                                                           schema=out.rejected_schema(), **shard_args))
-    rows_embedded = (embedded.embeddings | "TableRows" >> beam.Map(lambda t: t.num_rows)
+    rows_embedded = (tables | "TableRows" >> beam.Map(lambda t: t.num_rows)
                      | "SumEmbedded" >> beam.CombineGlobally(sum))
     rows_rejected = rejected | "CountRejected" >> beam.combiners.Count.Globally()
     by_reason = (rejected | "Reasons" >> beam.Map(lambda r: r.reason)
@@ -265,7 +267,8 @@ def summary(manifest: dict, output: str) -> str:
         f"output {module['output_key']}  dim {module['dim']}  runner {manifest['runner']}",
         f"output    {output}: {len(manifest['outputs']['embeddings'])} embedding shard(s), "
         f"{len(manifest['outputs']['rejected'])} rejected shard(s), manifest.json, _SUCCESS",
-    ])
+    ] + ([f"duplicate ids: {manifest['duplicate_ids']:,} ids occur on more than one row (all kept; e.g. "
+          f"{', '.join(map(repr, manifest['duplicate_id_examples'][:3]))})"] if manifest.get("duplicate_ids") else []))
 
 
 def main(argv: list[str] | None = None) -> int:

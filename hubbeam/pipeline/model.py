@@ -47,7 +47,7 @@ class LoadedModule:
         self.load_seconds = time.monotonic() - started
         with _pending_lock:
             _pending_loads += 1
-        log.info("loaded %s in %.1fs", spec.handle, self.load_seconds)
+        log.info("loaded %s in %.1fs", self.embedder.handle, self.load_seconds)  # spec.handle may hold credentials
 
     def embed(self, inputs) -> np.ndarray:
         return np.asarray(self.embedder(inputs), dtype=np.float32)

@@ -4,14 +4,18 @@
                                             content_sha256, truncated (text), pass-through columns;
                                             key-value metadata hubbeam.* = provenance
     DIR/rejected-SSSSS-of-NNNNN.parquet     id, source, reason, error
-    DIR/manifest.json                       counts, files with rows and sha256, module provenance, runner
+    DIR/manifest.json                       counts, duplicate ids, files with rows and sha256, module
+                                            provenance, runner
     DIR/_SUCCESS                            written last
 
 A run first removes `_SUCCESS` (so a reader never trusts a folder that is being replaced), writes every
 shard under `DIR/.staging-RUN/`, and a single final step checks the accounting
-(rows_read == rows_embedded + rows_rejected), moves the new shards in, deletes shards of earlier runs,
-writes the manifest and only then `_SUCCESS`. A run killed at any point leaves no `_SUCCESS`; the next
-run sweeps its leftovers.
+(rows_read == rows_embedded + rows_rejected, and against the rows the shards hold), moves the new shards
+in, deletes shards of earlier runs and the staging folder, writes the manifest and only then `_SUCCESS`. A
+run killed at any point leaves no `_SUCCESS`; the next run sweeps its leftovers.
+
+Duplicate ids are kept (every input row gives exactly one embedding or dead letter); the manifest counts the
+ids that occur on more than one row.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ EMBEDDINGS_PREFIX = "embeddings"
 REJECTED_PREFIX = "rejected"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SUFFIX = ".parquet"
+DUPLICATE_EXAMPLES = 10
 
 
 def join(directory: str, name: str) -> str:
@@ -145,6 +150,9 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
         outputs[kind] = entries
     if sum(e["rows"] for e in outputs["embeddings"]) != rows_embedded:
         raise RuntimeError("embedding shards hold a different number of rows than were embedded")
+    if sum(e["rows"] for e in outputs["rejected"]) != rows_rejected:
+        raise RuntimeError("rejected shards hold a different number of rows than were rejected")
+    duplicates = duplicate_ids(sorted(embedding_files) + sorted(rejected_files))
     new_names = {e["file"] for entries in outputs.values() for e in entries}
     stale = []
     for prefix in (EMBEDDINGS_PREFIX, REJECTED_PREFIX):
@@ -168,14 +176,48 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
         "rows_rejected": rows_rejected,
         "rows_per_second": round(rows_read / seconds, 1),
         "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
+        "duplicate_ids": len(duplicates),
+        "duplicate_id_examples": duplicates[:DUPLICATE_EXAMPLES],
         "inputs": [{"path": path, "rows": n} for path, n in sorted(input_counts)],
         "outputs": outputs,
     }
-    _write_text(join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    _write_text(join(out_dir, SUCCESS), "")
     if FileSystems.exists(staging):
         FileSystems.delete([staging])
+    _write_text(join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    _write_text(join(out_dir, SUCCESS), "")  # last: nothing of this run is left to do
     return manifest
+
+
+def _shard_ids(path: str):
+    """The id column of a shard, a batch of Python strings at a time."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536, columns=["id"]):
+            yield batch.column(0).to_pylist()
+
+
+def duplicate_ids(paths: list[str]) -> list[str]:
+    """The ids that occur on more than one row of these shards (embedded and rejected together), sorted.
+
+    Exact, in 8 bytes per row: a first pass sorts 64-bit hashes of every id, a second one counts the real
+    ids behind the hashes seen twice (true duplicates, and the rare hash collision).
+    """
+    hashes = [np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids)) for path in paths for ids in _shard_ids(path)]
+    if not hashes:
+        return []
+    ordered = np.sort(np.concatenate(hashes))
+    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not repeated:
+        return []
+    counts: dict[str, int] = {}
+    for path in paths:
+        for ids in _shard_ids(path):
+            for row_id in ids:
+                if hash(row_id) in repeated:
+                    counts[row_id] = counts.get(row_id, 0) + 1
+    return sorted(row_id for row_id, n in counts.items() if n > 1)
 
 
 def _write_text(path: str, text: str) -> None:

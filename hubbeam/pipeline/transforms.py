@@ -153,6 +153,44 @@ class EmbedChunks(beam.DoFn):
             self._last_report = now
 
 
+class CoalesceTables(beam.DoFn):
+    """Many small pyarrow Tables (one per model batch) -> fewer, larger ones, for the Parquet writer.
+
+    Each table written becomes one Parquet row group, and the writer keeps every row group's metadata
+    until the file is closed: tables of a few dozen rows would make that grow with the corpus (and make
+    the files slow to read). Holds at most max_rows rows / max_bytes bytes, plus one table. Global window
+    only (what hubbeam's job uses).
+    """
+
+    def __init__(self, max_rows: int = 16_384, max_bytes: int = 16 << 20):
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+
+    def start_bundle(self):
+        self._tables, self._rows, self._bytes = [], 0, 0
+
+    def process(self, table):
+        self._tables.append(table)
+        self._rows += table.num_rows
+        self._bytes += table.nbytes
+        if self._rows >= self.max_rows or self._bytes >= self.max_bytes:
+            yield self._flush()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        if self._tables:
+            yield WindowedValue(self._flush(), GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def _flush(self):
+        import pyarrow as pa
+
+        table = pa.concat_tables(self._tables).combine_chunks()
+        self._tables, self._rows, self._bytes = [], 0, 0
+        return table
+
+
 class _Embed(beam.PTransform):
     kind = "text"
 
