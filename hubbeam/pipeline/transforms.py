@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import apache_beam as beam
@@ -60,6 +61,21 @@ class ReadRows(beam.DoFn):
         yield beam.pvalue.TaggedOutput(INPUT_COUNTS, (path, count))
 
 
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _decode_pool():
+    """One image-decoding thread pool per worker process, shared by its DoFn instances."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hubbeam-decode")
+        return _pool
+
+
 class EmbedChunks(beam.DoFn):
     """A chunk of rows -> pyarrow Tables of embeddings (main) and Rejected rows ('rejected')."""
 
@@ -105,15 +121,23 @@ class EmbedChunks(beam.DoFn):
         self._report(len(chunk))
 
     def _decode(self, rows, rejected):
+        """Decode a chunk's images on a small thread pool: Pillow releases the GIL while it decodes and
+        resizes, so this uses every core, like TensorFlow does for the model."""
         from hubbeam.images import ImageDecodeError, decode_image
 
-        arrays, kept = [], []
-        for row in rows:
+        def decode(row):
             try:
-                arrays.append(decode_image(row.value, self.image_size))
-                kept.append(row)
+                return decode_image(row.value, self.image_size)
             except ImageDecodeError as exc:
-                rejected.append(R.Rejected(row.id, row.source, exc.reason, str(exc)))
+                return exc
+
+        arrays, kept = [], []
+        for row, result in zip(rows, _decode_pool().map(decode, rows)):
+            if isinstance(result, ImageDecodeError):
+                rejected.append(R.Rejected(row.id, row.source, result.reason, str(result)))
+            else:
+                arrays.append(result)
+                kept.append(row)
         return arrays, kept
 
     def _embed_batch(self, rows, inputs, rejected):
