@@ -5,6 +5,8 @@ imported when a module is loaded or built. The public entry points are resolved 
 """
 import os as _os
 
+from hubbeam._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 # hub.KerasLayer needs Keras 2 (tf-keras); this must be set before TensorFlow is first imported.
@@ -28,11 +30,4 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hubbeam' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

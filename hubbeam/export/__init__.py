@@ -17,6 +17,8 @@ is resolved on first use; TensorFlow is imported only by export and fine-tune.
 """
 from __future__ import annotations
 
+from hubbeam._lazy import lazy_getattr
+
 _LAZY = {
     "export_module": "hubbeam.export.create",
     "check_contract": "hubbeam.export.contract",
@@ -30,11 +32,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hubbeam.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

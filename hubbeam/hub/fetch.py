@@ -11,6 +11,7 @@ Endpoint overrides (for MinIO, moto, fake GCS servers and emulators):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -46,33 +47,37 @@ def fetch_archive(handle: Handle, dest: Path) -> str:
         return _fetch_http(handle, dest)
     if handle.kind in ("gs", "s3"):
         fs, path = filesystem_for(handle.location)
-        try:
+        with _storage_errors(f"could not read {handle.display}",
+                             missing=f"not found: {handle.display} (no such bucket or object)"):
             with fs.open(path, "rb") as source:
                 return _copy_hashing(source.read, dest, handle)
-        except FileNotFoundError as exc:
-            raise FetchError(f"not found: {handle.display} (no such bucket or object)") from exc
-        except PermissionError as exc:
-            raise FetchError(f"access denied to {handle.display}: {exc}") from exc
-        except OSError as exc:
-            raise FetchError(f"could not read {handle.display}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - see _storage_failure
-            if (failure := _storage_failure(exc, f"could not read {handle.display}")) is None:
-                raise
-            raise failure from exc
     raise AssertionError(f"not a remote archive handle: {handle}")
 
 
 _STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "aiohttp", "requests", "urllib3", "fsspec")
 
 
-def _storage_failure(exc: Exception, what: str) -> FetchError | None:
-    """A FetchError for what storage clients raise once their own retries are spent: not only OSError but,
-    e.g., botocore's EndpointConnectionError when the endpoint keeps resetting connections. None for
-    anything else (a bug, to be seen as it is)."""
-    if not any(klass.__module__.startswith(_STORAGE_MODULES) for klass in type(exc).__mro__):
-        return None
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return FetchError(f"{what}: {text}")
+@contextlib.contextmanager
+def _storage_errors(what: str, missing: str | None = None):
+    """One-line FetchErrors for what storage clients raise once their own retries are spent: OSError and
+    its kinds, but also e.g. botocore's EndpointConnectionError when an endpoint keeps resetting
+    connections. Anything raised from elsewhere (a bug) passes through as it is.
+
+    what: "could not read s3://b/x"; missing: the message for a missing bucket/object, if that is expected.
+    """
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise FetchError(missing or f"{what}: not found") from exc
+    except PermissionError as exc:
+        raise FetchError(f"{what}: access denied ({exc})") from exc
+    except OSError as exc:
+        raise FetchError(f"{what}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - filtered just below
+        if not any(klass.__module__.startswith(_STORAGE_MODULES) for klass in type(exc).__mro__):
+            raise
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise FetchError(f"{what}: {text}") from exc
 
 
 def _copy_hashing(read, dest: Path, handle: Handle, expected_size: int | None = None) -> str:
@@ -169,18 +174,9 @@ def filesystem_for(url: str):
 def fetch_folder(handle: Handle, dest: Path) -> None:
     """Download every object under a gs:// or s3:// prefix into dest, keeping relative paths."""
     fs, prefix = filesystem_for(handle.location)
-    try:
+    with _storage_errors(f"could not list {handle.display}",
+                         missing=f"not found: {handle.display} (no such bucket or folder)"):
         listing = fs.find(prefix, detail=True)
-    except FileNotFoundError as exc:
-        raise FetchError(f"not found: {handle.display} (no such bucket or folder)") from exc
-    except PermissionError as exc:
-        raise FetchError(f"access denied to {handle.display}: {exc}") from exc
-    except OSError as exc:
-        raise FetchError(f"could not list {handle.display}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - see _storage_failure
-        if (failure := _storage_failure(exc, f"could not list {handle.display}")) is None:
-            raise
-        raise failure from exc
     files = {name: info for name, info in listing.items() if info.get("type", "file") == "file"}
     if not files:
         raise FetchError(f"not found: {handle.display} (no such folder, or it is empty)")
@@ -193,11 +189,5 @@ def fetch_folder(handle: Handle, dest: Path) -> None:
             raise IntegrityError(f"unsafe object name under {handle.display}: {name!r}")
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with _storage_errors(f"could not download {handle.kind}://{name}"):
             fs.get_file(name, str(target))
-        except OSError as exc:
-            raise FetchError(f"could not download {handle.kind}://{name}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - see _storage_failure
-            if (failure := _storage_failure(exc, f"could not download {handle.kind}://{name}")) is None:
-                raise
-            raise failure from exc

@@ -2,6 +2,8 @@
 
 Importing this package does not import TensorFlow or Beam; the names below load on first use.
 """
+from hubbeam._lazy import lazy_getattr
+
 _LAZY = {
     "EmbedText": "hubbeam.pipeline.transforms",
     "EmbedImages": "hubbeam.pipeline.transforms",
@@ -12,11 +14,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hubbeam.pipeline' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
