@@ -137,3 +137,12 @@ def test_image_report_shows_thumbnails(tmp_path, digits_module):
     text = page.read_text()
     assert text.count('<img class=thumb alt="" src="data:image/png;base64,') == 2 * (1 + 3)
     assert 'data-reason="undecodable_image"' in text and 'id="rows-embedded">8<' in text
+
+
+def test_a_rerun_withdraws_the_old_report(tmp_path):
+    from hubbeam.pipeline.output import REPORT, prepare_output_dir
+
+    (tmp_path / REPORT).write_text("<html>old run</html>")
+    (tmp_path / "_SUCCESS").write_text("")
+    prepare_output_dir(str(tmp_path))
+    assert not (tmp_path / REPORT).exists() and not (tmp_path / "_SUCCESS").exists()

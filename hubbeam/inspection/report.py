@@ -23,8 +23,7 @@ import numpy as np
 from hubbeam.errors import HubbeamError
 from hubbeam.inspection.lookup import RowLookup, is_image_file, short
 from hubbeam.inspection.shards import HIT_COLUMNS, EmbeddingsOutput, Hit, nearest
-
-REPORT_NAME = "report.html"
+from hubbeam.pipeline.output import REPORT as REPORT_NAME
 MAX_CATEGORIES = 20
 HOVER_SOURCE_FILES = 50  # hover texts re-read at most this many source files (a pass-through text column has no limit)
 

@@ -32,6 +32,7 @@ from hubbeam.errors import HubbeamError
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
+REPORT = "report.html"  # written by hubbeam.inspection.report, withdrawn with the run it describes
 STAGING_PREFIX = ".staging-"
 EMBEDDINGS_PREFIX = "embeddings"
 REJECTED_PREFIX = "rejected"
@@ -96,10 +97,10 @@ def embeddings_table(schema, rows, vectors: np.ndarray, hashes: list[str]):
 
 
 def prepare_output_dir(out_dir: str) -> None:
-    """Before a run: withdraw the old run's _SUCCESS and manifest, sweep leftovers of dead runs."""
+    """Before a run: withdraw the old run's _SUCCESS, manifest and report, sweep leftovers of dead runs."""
     from apache_beam.io.filesystems import FileSystems
 
-    for name in (SUCCESS, MANIFEST):
+    for name in (SUCCESS, MANIFEST, REPORT):
         path = join(out_dir, name)
         if FileSystems.exists(path):
             FileSystems.delete([path])
