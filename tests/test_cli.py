@@ -1,19 +1,14 @@
 """The `hubbeam` command as users run it: a real subprocess, real modules, exit codes and output."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.cli import hubbeam_cli as hubbeam
 
 SUBCOMMANDS = ["resolve", "inspect", "build-module", "encode", "embed", "export", "finetune", "pack", "publish",
                "search", "report"]
-
-
-def hubbeam(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300, check=check)
 
 
 def test_console_script_is_installed():

@@ -1,7 +1,6 @@
 """`hubbeam export`: real Keras models (tf-keras and Keras 3), SavedModels and checkpoints become reusable
 modules that load with hub.load and hub.KerasLayer and reproduce their source; broken exports are refused."""
 import json
-import os
 import subprocess
 import sys
 
@@ -12,11 +11,7 @@ import hubbeam
 import hubbeam.export
 from hubbeam.hub.digest import tree_sha256
 from hubbeam.hub.metadata import read_metadata
-
-
-def hubbeam_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300, cwd=cwd)
+from tests.cli import hubbeam_cli
 
 
 def assert_one_line_error(result, message):

@@ -18,6 +18,7 @@ import hubbeam
 import hubbeam.export
 from hubbeam.hub.digest import tree_sha256
 from hubbeam.hub.metadata import read_metadata
+from tests.cli import hubbeam_cli
 
 GOOD = ["great", "wonderful", "excellent", "lovely"]
 BAD = ["terrible", "awful", "boring", "dreadful"]
@@ -28,11 +29,6 @@ PROBES = ["the concert was lovely", "a dreadful hotel", "completely unrelated wo
 def cosine(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def hubbeam_cli(*args):
-    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300)
 
 
 def embed_in_fresh_process(module: Path, inputs) -> np.ndarray:

@@ -2,7 +2,6 @@
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import hubbeam
 from hubbeam.pipeline import read_embeddings, read_manifest
 from hubbeam.pipeline.job import EmbedJob, run_embed
 from hubbeam.pipeline.model import text_batches
+from tests.cli import hubbeam_cli
 
 SENTENCES = [
     "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
@@ -310,8 +310,7 @@ def test_portable_runner_against_local_job_service(tmp_path, mixed_text_corpus, 
 
 def test_embed_cli_end_to_end_and_errors(tmp_path, mixed_text_corpus, tiny_wordvec_module):
     def embed(*args):
-        return subprocess.run([sys.executable, "-m", "hubbeam", "embed", *map(str, args)], capture_output=True,
-                              text=True, env=os.environ.copy(), timeout=300)
+        return hubbeam_cli("embed", *args)
 
     ok = embed("--input", mixed_text_corpus[0], "--output", tmp_path / "out", "--module", tiny_wordvec_module,
                "--batch-size", "8", "--direct_running_mode=in_memory")

@@ -1,7 +1,6 @@
 """`hubbeam pack` and `hubbeam publish` against real storage: local folders, moto S3, the GCS emulator, and an
 HTTP hub serving what was published. What is published loads back to the same embeddings; a publish that
 dies or fails half-way never leaves a version that looks complete."""
-import gzip
 import hashlib
 import json
 import os
@@ -21,15 +20,11 @@ import hubbeam.export  # noqa: E402
 from hubbeam.export.publishing import MARKER, published_version  # noqa: E402
 from hubbeam.hub.digest import tree_sha256  # noqa: E402
 from hubbeam.hub.resolver import resolve_module  # noqa: E402
+from tests.cli import hubbeam_cli
 
 pytest_plugins = ["tests.servers"]
 
 SENTENCES = ["the cat sat", "mat , the", "zebra", ""]
-
-
-def hubbeam_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
-                          env=env or os.environ.copy(), timeout=300)
 
 
 def assert_one_line_error(result, message):

@@ -1,16 +1,15 @@
 """`hubbeam report`: one self-contained HTML page, opened in a real headless Chromium (Debian's `chromium`)."""
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 import hubbeam
 from hubbeam.pipeline.job import EmbedJob, run_embed
+from tests.cli import hubbeam_cli
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -36,11 +35,6 @@ def count(dom: str, element_id: str) -> int:
     match = re.search(rf'id="{element_id}">([\d,]+)<', dom)
     assert match, f"no #{element_id} in the page"
     return int(match.group(1).replace(",", ""))
-
-
-def hubbeam_cli(*args):
-    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,6 @@
 """`hubbeam search` / `hubbeam.search`: real runs, real modules; known near-duplicates come back first."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +11,7 @@ import hubbeam
 from hubbeam.errors import HubbeamError
 from hubbeam.pipeline import read_embeddings
 from hubbeam.pipeline.job import EmbedJob, run_embed
+from tests.cli import hubbeam_cli
 
 # Pairs of near-duplicates (same meaning, other words); each pair's members sit in different files and formats.
 PAIRS = [
@@ -26,11 +24,6 @@ PAIRS = [
 ]
 FILLERS = ["The train to Berlin leaves at noon.", "Photosynthesis turns light into chemical energy.",
            "Please restart the router and try again.", "A cat sleeps on the warm windowsill."]
-
-
-def hubbeam_cli(*args):
-    return subprocess.run([sys.executable, "-m", "hubbeam", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300)
 
 
 @pytest.fixture(scope="module")
