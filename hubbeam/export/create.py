@@ -494,7 +494,7 @@ def export_module(source, out_dir: str | os.PathLike, *, signatures=None, name: 
     hubbeam metadata, else out_dir's name and "1".
     """
     from hubbeam.export.contract import check_contract
-    from hubbeam.modules.common import save_module
+    from hubbeam.modules.common import reusable_root, save_module
 
     out = Path(out_dir).expanduser().resolve()
     given = parse_signatures(signatures)
@@ -526,15 +526,10 @@ def export_module(source, out_dir: str | os.PathLike, *, signatures=None, name: 
     signature_fns = {spec.name: (_signature_fn(functions[spec.source], spec), functions[spec.source].specs)
                      for spec in specs}
 
-    root = tf.train.Checkpoint()
-    root.source = src.trackable
-    traced_call = tf.function(call)
-    for training in (False, True):
-        traced_call.get_concrete_function(call_spec, training)
-    root.__call__ = traced_call
-    root.variables = list(main.variables)
-    root.trainable_variables = list(main.trainable_variables)
-    root.regularization_losses = [tf.function(loss, input_signature=[]) for loss in main.regularization_losses]
+    root = reusable_root(src.trackable, call, call_spec, variables=main.variables,
+                         trainable_variables=main.trainable_variables,
+                         regularization_losses=main.regularization_losses)
+    traced_call = root.__call__
     concrete = {name: tf.function(fn, input_signature=list(specs)).get_concrete_function()
                 for name, (fn, specs) in signature_fns.items()}
 

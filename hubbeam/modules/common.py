@@ -21,13 +21,15 @@ def package_source(package: str, path: str | os.PathLike | None = None) -> dict:
     return source
 
 
-def reusable_root(encoder, call_fn, input_spec):
+def reusable_root(encoder, call_fn, input_spec, *, variables=None, trainable_variables=None,
+                  regularization_losses=()):
     """Wrap an encoder as a TF2 reusable SavedModel object.
 
     The reusable-SavedModel contract (what hub.KerasLayer relies on for fine-tuning): `__call__(inputs,
     training)` traced for both values of training, plus `variables`, `trainable_variables` and
     `regularization_losses` as saved attributes. tf.Module computes these as properties that a SavedModel
-    does not keep, hence this separate root object.
+    does not keep, hence this separate root object. The variable lists default to the encoder's own;
+    regularization_losses are zero-argument callables.
     """
     tf = tfenv.tensorflow()
     root = tf.train.Checkpoint()
@@ -36,9 +38,9 @@ def reusable_root(encoder, call_fn, input_spec):
     for training in (False, True):
         call.get_concrete_function(input_spec, training)
     root.__call__ = call
-    root.variables = list(encoder.variables)
-    root.trainable_variables = list(encoder.trainable_variables)
-    root.regularization_losses = []
+    root.variables = list(encoder.variables if variables is None else variables)
+    root.trainable_variables = list(encoder.trainable_variables if trainable_variables is None else trainable_variables)
+    root.regularization_losses = [tf.function(loss, input_signature=[]) for loss in regularization_losses]
     return root
 
 
