@@ -145,22 +145,16 @@ def create_sample_database(db_path_or_url: str, rows: int = 300, updated_at: str
     """A `documents` table of real text (from hubbeam.samples), for the demo, tests and the compose stack.
 
     A plain path is a SQLite file (created with its folders); anything with `://` is a SQLAlchemy URL
-    (postgresql+psycopg2://… in docker/docker-compose.yaml), where updated_at is a TIMESTAMP column. Rows are
+    (postgresql+psycopg2://… in docker/docker-compose.yaml). updated_at is a TIMESTAMP column. Rows are
     upserted, so running it again is harmless. Returns the SQLAlchemy URL.
     """
     from hubbeam.samples import make_rows
 
-    if "://" in db_path_or_url:
-        return _create_sample_table(db_path_or_url, make_rows(rows), dt.datetime.fromisoformat(updated_at))
-    import sqlite3
-
-    db_path = db_path_or_url
-    os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
-    with sqlite3.connect(db_path) as connection:
-        connection.execute("CREATE TABLE IF NOT EXISTS documents (id TEXT PRIMARY KEY, text TEXT, updated_at TEXT)")
-        connection.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
-                               [(r["id"], r["text"], updated_at) for r in make_rows(rows)])
-    return f"sqlite:///{os.path.abspath(db_path)}"
+    url = db_path_or_url
+    if "://" not in url:
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        url = f"sqlite:///{os.path.abspath(url)}"
+    return _create_sample_table(url, make_rows(rows), dt.datetime.fromisoformat(updated_at))
 
 
 def _create_sample_table(url: str, rows: list[dict], updated_at: dt.datetime) -> str:
