@@ -156,10 +156,11 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     import apache_beam as beam
     from apache_beam.io import fileio
     from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
-    from apache_beam.pvalue import AsDict, AsList, AsSingleton
+    from apache_beam.pvalue import AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText, ReadRows
+    from hubbeam.pipeline.transforms import (EMBEDDED, INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText,
+                                             ReadRows, TallyOutcomes)
 
     embedder = model.acquire().embedder
     kind = embedder.input_kind
@@ -192,11 +193,11 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
                       | "RejectedAsDicts" >> beam.Map(lambda r: r._asdict())
                       | "WriteRejected" >> WriteToParquet(out.join(staging, out.REJECTED_PREFIX),
                                                           schema=out.rejected_schema(), **shard_args))
-    rows_embedded = (tables | "TableRows" >> beam.Map(lambda t: t.num_rows)
-                     | "SumEmbedded" >> beam.CombineGlobally(sum))
-    rows_rejected = rejected | "CountRejected" >> beam.combiners.Count.Globally()
-    by_reason = (rejected | "Reasons" >> beam.Map(lambda r: r.reason)
-                 | "CountReasons" >> beam.combiners.Count.PerElement())
+    # One combiner tallies both outcomes (each combiner adds stages, and stages are most of a small job's cost).
+    tally = ((tables | "TableRows" >> beam.Map(lambda t: (EMBEDDED, t.num_rows)),
+              rejected | "Reasons" >> beam.Map(lambda r: (r.reason, 1)))
+             | "Outcomes" >> beam.Flatten()
+             | "Tally" >> beam.CombineGlobally(TallyOutcomes()))
 
     manifest_base = {
         "hubbeam_version": __version__,
@@ -211,14 +212,15 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
         "batch_size": job.batch_size,
     }
 
-    def finalize(_, embedding_files, rejected_files, input_counts, n_embedded, n_rejected, reasons):
-        out.finalize(job.output, staging, embedding_files, rejected_files, input_counts, n_embedded, n_rejected,
-                     reasons, manifest_base)
+    def finalize(_, embedding_files, rejected_files, input_counts, tally):
+        reasons = {reason: n for reason, n in tally.items() if reason != EMBEDDED}
+        out.finalize(job.output, staging, embedding_files, rejected_files, input_counts, tally.get(EMBEDDED, 0),
+                     sum(reasons.values()), reasons, manifest_base)
 
     (pipeline
      | "Once" >> beam.Create([None])
      | "Finalize" >> beam.Map(finalize, AsList(embedding_files), AsList(rejected_files), AsList(read[INPUT_COUNTS]),
-                              AsSingleton(rows_embedded), AsSingleton(rows_rejected), AsDict(by_reason)))
+                              AsSingleton(tally)))
 
 
 def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
