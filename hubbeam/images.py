@@ -69,7 +69,7 @@ def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
                 raise ImageDecodeError("too_large", f"{width}x{height} pixels exceeds the {max_pixels()} pixel limit")
             image.seek(0)
             image.draft("RGB", (size[1] * 2, size[0] * 2))  # JPEG: let the decoder downscale cheaply
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # the default returns a full-size copy even when upright
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -226,6 +226,36 @@ def test_images_from_parquet_binary_column(tmp_path, image_corpus, digits_module
     assert cosine_rows(matrix, np.stack([by_name[i] for i in ids])).min() >= 0.9999
 
 
+def test_embed_images_in_a_windowed_pipeline_keeps_each_rows_window(image_corpus, digits_module):
+    """Images are embedded a chunk after they arrive (decoding overlaps reading); every output must still land
+    in the window of the rows it came from, dead letters included."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms.window import FixedWindows, TimestampedValue
+
+    from hubbeam.pipeline.transforms import EmbedImages
+
+    _, good, bad = image_corpus
+    paths = sorted(good) + sorted(bad)
+    # Each row in the window starting at 10 * (n % 3) seconds: three windows, several chunks each.
+    rows = [(path, Path(path).read_bytes(), 10 * (n % 3) + 1) for n, path in enumerate(paths)]
+    expected = [(path, 10 * (n % 3)) for n, path in enumerate(paths)]
+
+    def with_window(table, window=beam.DoFn.WindowParam):
+        return [(row_id, int(window.start)) for row_id in table.column("id").to_pylist()]
+
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        windowed = (p | beam.Create(rows) | beam.Map(lambda r: TimestampedValue((r[0], r[1]), r[2]))
+                    | beam.WindowInto(FixedWindows(10)))
+        out = windowed | EmbedImages(str(digits_module), batch_size=2, chunk_rows=2, reshuffle=False)
+        embedded = out.embeddings | "EmbeddedWindows" >> beam.FlatMap(with_window)
+        rejected = out.rejected | "RejectedWindows" >> beam.Map(
+            lambda r, window=beam.DoFn.WindowParam: (r.id, int(window.start)))
+        assert_that(embedded, equal_to([e for e in expected if e[0] in good]), label="embedded")
+        assert_that(rejected, equal_to([e for e in expected if e[0] in bad]), label="rejected")
+
+
 def read_embeddings_from_files(tmp_path, module, pattern):
     run(tmp_path / "files-out", module, pattern)
     return read_embeddings(str(tmp_path / "files-out"))

@@ -13,9 +13,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from hubbeam.pipeline import rows as R
 from hubbeam.pipeline.model import ModelHandle, ModuleSpec, embed_isolating_failures, take_pending_loads, text_batches
@@ -76,6 +79,17 @@ def _decode_pool():
         return _pool
 
 
+@dataclass
+class _DecodingChunk:
+    """A chunk of image rows whose decoding runs on the pool; results is the pool's ordered iterator."""
+
+    rows: list
+    rejected: list
+    results: Iterator
+    size: int
+    where: WindowedValue  # the chunk's window and timestamp, for outputs emitted later
+
+
 class EmbedChunks(beam.DoFn):
     """A chunk of rows -> pyarrow Tables of embeddings (main) and Rejected rows ('rejected')."""
 
@@ -102,45 +116,70 @@ class EmbedChunks(beam.DoFn):
         self.loads.inc(take_pending_loads())
         self.bundles.inc()
         Metrics.counter("hubbeam.workers", f"pid-{os.getpid()}").inc()  # one counter per worker process
+        self._decoding = None
 
-    def process(self, chunk):
+    def process(self, chunk, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         rows, rejected = [], []
         for element in chunk:
             row = as_row(element, self.kind)
             (rejected if isinstance(row, R.Rejected) else rows).append(row)
-        inputs = [r.value for r in rows]
-        if self.kind == "image":
-            inputs, rows = self._decode(rows, rejected)
-        batches = (text_batches(inputs, self.batch_size, self.budget_chars) if self.kind == "text"
-                   else [list(range(i, min(i + self.batch_size, len(rows)))) for i in range(0, len(rows), self.batch_size)])
-        for batch in batches:
-            yield from self._embed_batch([rows[i] for i in batch], [inputs[i] for i in batch], rejected)
-        for item in rejected:
-            self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, item)
-        self._report(len(chunk))
+        if self.kind == "text":
+            digests = [R.content_sha256(r.value) for r in rows]
+            yield from self._embed_rows(rows, [r.value for r in rows], digests, rejected, len(chunk))
+            return
+        # Images decode on a thread pool while this thread goes back to reading the next chunk; a chunk is
+        # embedded when the next one arrives (or at the end of the bundle), so decoding overlaps with reading.
+        decoding = _DecodingChunk(rows, rejected, _decode_pool().map(self._decode_one, [r.value for r in rows]),
+                                  len(chunk), WindowedValue(None, timestamp, [window]))
+        previous, self._decoding = self._decoding, decoding
+        if previous is not None:
+            yield from self._embed_decoded(previous)
 
-    def _decode(self, rows, rejected):
-        """Decode a chunk's images on a small thread pool: Pillow releases the GIL while it decodes and
-        resizes, so this uses every core, like TensorFlow does for the model."""
+    def finish_bundle(self):
+        decoding, self._decoding = self._decoding, None
+        if decoding is not None:
+            yield from self._embed_decoded(decoding)
+
+    def _decode_one(self, data):
+        """(pixels, content digest) or the decode error. Pillow and hashlib release the GIL, so the pool
+        uses every core."""
         from hubbeam.images import ImageDecodeError, decode_image
 
-        def decode(row):
-            try:
-                return decode_image(row.value, self.image_size)
-            except ImageDecodeError as exc:
-                return exc
+        try:
+            return decode_image(data, self.image_size), R.content_sha256(data)
+        except ImageDecodeError as exc:
+            return exc
 
-        arrays, kept = [], []
-        for row, result in zip(rows, _decode_pool().map(decode, rows)):
+    def _embed_decoded(self, decoding: "_DecodingChunk"):
+        """A decoded chunk's outputs, in the window and at the timestamp of the chunk they came from."""
+        from hubbeam.images import ImageDecodeError
+
+        arrays, digests, kept, rejected = [], [], [], decoding.rejected
+        for row, result in zip(decoding.rows, decoding.results):
             if isinstance(result, ImageDecodeError):
                 rejected.append(R.Rejected(row.id, row.source, result.reason, str(result)))
             else:
-                arrays.append(result)
+                arrays.append(result[0])
+                digests.append(result[1])
                 kept.append(row)
-        return arrays, kept
+        for output in self._embed_rows(kept, arrays, digests, rejected, decoding.size):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, decoding.where.with_value(output.value))
+            else:
+                yield decoding.where.with_value(output)
 
-    def _embed_batch(self, rows, inputs, rejected):
+    def _embed_rows(self, rows, inputs, digests, rejected, chunk_size: int):
+        batches = (text_batches(inputs, self.batch_size, self.budget_chars) if self.kind == "text"
+                   else [list(range(i, min(i + self.batch_size, len(rows)))) for i in range(0, len(rows), self.batch_size)])
+        for batch in batches:
+            yield from self._embed_batch([rows[i] for i in batch], [inputs[i] for i in batch],
+                                         [digests[i] for i in batch], rejected)
+        for item in rejected:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, item)
+        self._report(chunk_size)
+
+    def _embed_batch(self, rows, inputs, digests, rejected):
         import numpy as np
 
         from hubbeam.pipeline.output import embeddings_table
@@ -157,16 +196,15 @@ class EmbedChunks(beam.DoFn):
 
         for indices, vectors in embed_isolating_failures(self.model, inputs, failed):
             self.batches.inc()
-            picked = [rows[i] for i in indices]
             if not np.isfinite(vectors).all():
                 bad = ~np.isfinite(vectors).all(axis=1)
                 for i in np.flatnonzero(bad):
                     failed(indices[i], ValueError("embedding is not finite"))
-                picked = [r for r, b in zip(picked, bad) if not b]
+                indices = [i for i, b in zip(indices, bad) if not b]
                 vectors = vectors[~bad]
-            if picked:
-                self.embedded.inc(len(picked))
-                yield embeddings_table(self.schema, picked, vectors, [R.content_sha256(r.value) for r in picked])
+            if indices:
+                self.embedded.inc(len(indices))
+                yield embeddings_table(self.schema, [rows[i] for i in indices], vectors, [digests[i] for i in indices])
 
     def _report(self, n: int) -> None:
         self._done += n
@@ -202,7 +240,6 @@ class CoalesceTables(beam.DoFn):
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
 
         if self._tables:
             yield WindowedValue(self._flush(), GlobalWindow().max_timestamp(), [GlobalWindow()])
