@@ -16,7 +16,7 @@ from PIL import Image
 import hubbeam
 from hubbeam.pipeline import read_embeddings, read_manifest
 from hubbeam.pipeline.job import EmbedJob, run_embed
-from hubbeam.pipeline.model import text_batches
+from hubbeam.pipeline.model import batch_sizes, text_batches
 from tests.cli import hubbeam_cli
 
 SENTENCES = [
@@ -179,6 +179,19 @@ def test_text_batches_group_by_length_within_budget():
     for batch in lengths:
         assert len(batch) <= 3 and len(batch) * max(batch) <= 700 or len(batch) == 1
     assert max(lengths[-1]) == 310 and len(lengths[-1]) <= 2
+
+
+def test_text_batches_keep_to_a_few_batch_sizes():
+    import random
+
+    rng = random.Random(0)
+    values = ["x" * rng.randint(1, 1200) for _ in range(1000)]
+    batches = text_batches(values, batch_size=64, budget_chars=64 * 128)
+    assert sorted(i for b in batches for i in b) == list(range(len(values)))
+    assert {len(b) for b in batches} <= {64, 32, 16, 8, 4, 2, 1}
+    for batch in batches:
+        assert len(batch) * max(len(values[i]) for i in batch) <= 64 * 128 or len(batch) == 1
+    assert batch_sizes(48) == [48, 32, 16, 8, 4, 2, 1] and batch_sizes(1) == [1]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import tensorflow_text as tf_text  # noqa: E402
 
 NAME = "minilm"
 MAX_SEQ_LENGTH = 256
+LENGTH_STEP = 16  # token sequences are padded to a multiple of this
 HIDDEN = 384
 HEADS = 12
 LAYERS = 6
@@ -183,7 +184,12 @@ class MiniLMEncoder(tf.Module):
         cls = tf.fill([batch, 1], tf.constant(self.cls_id, tf.int64))
         sep = tf.fill([batch, 1], tf.constant(self.sep_id, tf.int64))
         ids = tf.concat([cls, pieces, sep], axis=1)
-        return ids.to_tensor(0), tf.sequence_mask(ids.row_lengths(), dtype=tf.float32)
+        # Padded up to a multiple of LENGTH_STEP: the model then sees few distinct shapes (oneDNN caches
+        # kernels per shape, so memory would grow with every new length). Masked positions change nothing.
+        longest = tf.maximum(tf.reduce_max(ids.row_lengths()), 1)
+        padded = tf.minimum((longest + LENGTH_STEP - 1) // LENGTH_STEP * LENGTH_STEP, MAX_SEQ_LENGTH)
+        return (ids.to_tensor(0, shape=tf.stack([batch, padded])),
+                tf.sequence_mask(ids.row_lengths(), maxlen=padded, dtype=tf.float32))
 
     def encode(self, ids, mask, training=False):
         length = tf.shape(ids)[1]
@@ -196,7 +202,8 @@ class MiniLMEncoder(tf.Module):
         summed = tf.reduce_sum(x * mask[:, :, None], axis=1)
         pooled = summed / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
         normalized = pooled / tf.maximum(tf.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return {"default": normalized, "sequence_output": x * mask[:, :, None]}
+        longest = tf.cast(tf.reduce_max(tf.reduce_sum(mask, axis=1)), tf.int32)  # without the bucket padding
+        return {"default": normalized, "sequence_output": (x * mask[:, :, None])[:, :tf.maximum(longest, 0)]}
 
     def embed_text(self, text, training=False):
         ids, mask = self.token_ids(text)

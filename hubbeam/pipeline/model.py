@@ -81,24 +81,40 @@ class ModelHandle:
         return other
 
 
+def batch_sizes(batch_size: int) -> list[int]:
+    """The row counts a batch may have, largest first: batch_size and the powers of two below it.
+
+    TensorFlow's oneDNN kernels cache a primitive per input shape; a corpus that calls the model with every
+    count from 1 to batch_size keeps adding shapes, and memory grows with the corpus. A few counts keep that
+    set small (and it fills within the first chunks).
+    """
+    sizes, size = [batch_size], 1
+    while size < batch_size:
+        sizes.append(size)
+        size *= 2
+    return sorted(set(sizes), reverse=True)
+
+
 def text_batches(values: list[str], batch_size: int, budget_chars: int) -> list[list[int]]:
     """Indices of values grouped into batches of similar length.
 
-    Sorted by length, so each batch pads little; a batch closes at batch_size rows or when
-    rows x longest would pass budget_chars, so batches of long texts get smaller (bounded memory) and
-    short texts fill whole batches. Returned in length order.
+    Sorted by length, so each batch pads little; a batch takes the most rows that stay within batch_size
+    rows and budget_chars (rows x longest), rounded down to one of batch_sizes(): batches of long texts get
+    smaller (bounded memory), short texts fill whole batches, and the model sees few distinct batch shapes.
+    Returned in length order.
     """
     order = sorted(range(len(values)), key=lambda i: len(values[i]))
-    batches, current, longest = [], [], 0
-    for i in order:
-        length = max(len(values[i]), 1)
-        if current and (len(current) >= batch_size or (len(current) + 1) * max(longest, length) > budget_chars):
-            batches.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
+    sizes = batch_sizes(batch_size)
+    batches, start = [], 0
+    while start < len(order):
+        fits = 1
+        for n in range(2, min(batch_size, len(order) - start) + 1):
+            if n * max(len(values[order[start + n - 1]]), 1) > budget_chars:  # sorted: the last is the longest
+                break
+            fits = n
+        take = next(size for size in sizes if size <= fits)
+        batches.append(order[start:start + take])
+        start += take
     return batches
 
 
