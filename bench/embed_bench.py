@@ -66,14 +66,33 @@ def plain(module, corpus, out, batch_size, sort=False):
     return len(texts), seconds, load_s
 
 
+def warm_up_sample(corpus: Path, pattern: str, rows: int, into: Path) -> Path:
+    """The corpus's first rows (JSONL lines or image files): a small input for a warm-up run."""
+    import shutil
+
+    into.mkdir(parents=True, exist_ok=True)
+    first = sorted(corpus.glob(pattern))
+    if pattern.endswith(".jsonl"):
+        with open(first[0]) as f, open(into / "part-00000.jsonl", "w") as sample:
+            sample.writelines(line for _, line in zip(range(rows), f))
+    else:
+        for path in first[:rows]:
+            shutil.copy(path, into / path.name)
+    return into
+
+
 def pipeline(module, corpus, out, batch_size, workers=1, pattern="part-*.jsonl"):
     from hubbeam.pipeline.job import EmbedJob, run_embed
     from hubbeam.pipeline.model import ModelHandle, ModuleSpec
 
-    # The launcher's load, timed apart and warmed up; an in-process run reuses this very model.
+    # The launcher's load, timed apart; an in-process run reuses this very model.
     model = ModelHandle(ModuleSpec(module))
     loaded, load_s = timed(model.acquire)
     beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"] if workers > 1 else []
+    if workers == 1:  # warm-up, as the other methods get: one small run (Beam's first-run imports, first model call)
+        sample = warm_up_sample(corpus, pattern, batch_size, out.parent / f"{out.name}-warm-up-input")
+        run_embed(EmbedJob(input=str(sample / pattern), output=str(out.parent / f"{out.name}-warm-up"), module=module,
+                           batch_size=batch_size), [], model)
     job = EmbedJob(input=str(corpus / pattern), output=str(out), module=module, batch_size=batch_size)
     manifest, seconds = timed(run_embed, job, beam_args, model)
     assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"], manifest
@@ -208,20 +227,34 @@ def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size:
     return result
 
 
+def measure(methods: list[str], run, repeat: int) -> list[dict]:
+    """Each method `repeat` times in rounds (A B A B …), so slow drift on a noisy machine hits every method
+    alike; per method, the run with the median rows/s, plus every run's rows/s."""
+    rounds = [[run(m) for m in methods] for _ in range(repeat)]
+    results = []
+    for runs in zip(*rounds):
+        median = dict(sorted(runs, key=lambda r: r["rows_per_s"])[len(runs) // 2])
+        median["runs_rows_per_s"] = [r["rows_per_s"] for r in runs]
+        results.append(median)
+    return results
+
+
 def table(results: list[dict], base: str, title: str) -> str:
     base_rate = next(r for r in results if r["method"] == base)["rows_per_s"]
-    lines = [title, "", f"| method | rows | rows/s | × {base} | load s | peak RSS MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [title, "", f"| method | rows | rows/s (median) | runs | × {base} | load s | peak RSS MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         r["ratio"] = round(r["rows_per_s"] / base_rate, 3)
-        lines.append(f"| {r['method']} | {r['rows']} | {r['rows_per_s']:.1f} | {r['ratio']:.2f} | {r['load_s']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+        runs = r["runs_rows_per_s"]
+        spread = f"{min(runs):.0f}–{max(runs):.0f}" if len(runs) > 1 else "1"
+        lines.append(f"| {r['method']} | {r['rows']} | {r['rows_per_s']:.1f} | {spread} | {r['ratio']:.2f} | "
+                     f"{r['load_s']:.1f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 
 def record(workdir: Path, suite: str, args, results: list[dict]) -> None:
     entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "suite": suite, "module": args.module, "rows": args.rows,
-             "batch_size": args.batch_size, "cpus": os.cpu_count(), "results": results}
+             "images": args.images, "scale_rows": args.scale_rows, "batch_size": args.batch_size, "cpus": os.cpu_count(), "results": results}
     with open(workdir / "results.json", "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -234,7 +267,8 @@ def text_suite(args, workdir: Path) -> str:
         write_corpus(corpus, args.rows)
     default = USE_METHODS if "use-multilingual" in args.module else TEXT_METHODS
     methods = args.methods.split(",") if args.methods else default
-    results = [in_subprocess(m, args.module, corpus, workdir / "out" / m, args.batch_size) for m in methods]
+    results = measure(methods, lambda m: in_subprocess(m, args.module, corpus, workdir / "out" / m, args.batch_size),
+                      args.repeat)
     record(workdir, "text", args, results)
     return table(results, "plain", f"{args.rows} rows, module {args.module}, batch size {args.batch_size}, "
                                    f"{os.cpu_count()} CPUs")
@@ -247,8 +281,8 @@ def image_suite(args, workdir: Path) -> str:
     if not corpus.exists():
         write_image_corpus(corpus, args.images)
     methods = args.methods.split(",") if args.methods else IMAGE_METHODS
-    results = [in_subprocess("pipeline-images" if m == "pipeline" else m, args.module, corpus,
-                             workdir / "out" / f"images-{m}", args.batch_size) for m in methods]
+    results = measure(methods, lambda m: in_subprocess("pipeline-images" if m == "pipeline" else m, args.module, corpus,
+                                                       workdir / "out" / f"images-{m}", args.batch_size), args.repeat)
     record(workdir, "images", args, results)
     return table(results, "plain-decode", f"{args.images} image files (PNG/JPEG/GIF/BMP/WebP/TIFF, 8–512 px), "
                                           f"module {args.module}, batch size {args.batch_size}")
@@ -257,23 +291,27 @@ def image_suite(args, workdir: Path) -> str:
 def scaling_suite(args, workdir: Path) -> str:
     from hubbeam.samples import write_corpus
 
-    results = []
-    for factor in (1, 5, 10):
-        corpus = workdir / f"corpus-{args.rows * factor}"
+    def run(factor: str) -> dict:
+        rows = args.scale_rows * int(factor.rstrip("x"))
+        corpus = workdir / f"corpus-{rows}"
         if not corpus.exists():
-            write_corpus(corpus, args.rows * factor, shards=4 * factor)
+            write_corpus(corpus, rows, shards=4 * rows // args.scale_rows)
         result = in_subprocess("pipeline", args.module, corpus, workdir / "out" / f"scaling-{factor}", args.batch_size)
-        result["method"] = f"pipeline {factor}x"
-        results.append(result)
+        return {**result, "method": f"pipeline {factor}"}
+
+    results = measure(["1x", "5x", "10x"], run, 1)
     record(workdir, "scaling", args, results)
-    return table(results, "pipeline 1x", f"pipeline at 1x, 5x, 10x of {args.rows} rows, module {args.module}")
+    return table(results, "pipeline 1x", f"pipeline at 1x, 5x, 10x of {args.scale_rows} rows, module {args.module}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["text", "images", "scaling"], default="text")
-    parser.add_argument("--rows", type=int, default=2000, help="text rows (scaling: the 1x size)")
-    parser.add_argument("--images", type=int, default=2000, help="image files for the images suite")
+    parser.add_argument("--rows", type=int, default=20_000, help="text rows (default: 20000)")
+    parser.add_argument("--scale-rows", type=int, default=2000, help="scaling suite: rows at 1x (default: 2000)")
+    parser.add_argument("--images", type=int, default=2000, help="image files for the images suite (default: 2000)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per method, in interleaved rounds; the table shows the median (default: 1)")
     parser.add_argument("--module", default="build/modules/minilm")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workdir", default="build/bench")
