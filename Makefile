@@ -55,13 +55,13 @@ test-long: $(STAMP)
 
 ROWS ?= 20000
 SCALE_ROWS ?= 2000
-IMAGES ?= 2000
+IMAGES ?= 2000 5000
 REPEAT ?= 3
 bench: $(STAMP) .venv-ref/.installed
 	$(BIN)/python -c "from pathlib import Path; from hubbeam.demo import build_missing; build_missing(Path('$(MODULES_DIR)'))"
 	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/minilm
 	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/use-multilingual
-	$(BIN)/python bench/embed_bench.py --suite images --images $(IMAGES) --repeat $(REPEAT) --module $(MODULES_DIR)/digits
+	for n in $(IMAGES); do $(BIN)/python bench/embed_bench.py --suite images --images $$n --repeat $(REPEAT) --module $(MODULES_DIR)/digits || exit 1; done
 	$(BIN)/python bench/embed_bench.py --suite scaling --scale-rows $(SCALE_ROWS) --module $(MODULES_DIR)/minilm
 	.venv-ref/bin/python bench/plot.py build/bench/results.json bench/results.svg
 

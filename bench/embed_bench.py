@@ -1,11 +1,14 @@
 """Throughput of hubbeam's pipeline against the alternatives, on the same module, corpus and machine, in one run.
 
-    make bench                                  # text (minilm), use-multilingual, images, scaling
+    make bench                                  # text (minilm), use-multilingual, images, scaling, plot
     .venv/bin/python bench/embed_bench.py --suite text --rows 2000
+    .venv/bin/python bench/embed_bench.py --suite images --images 5000 --repeat 3
 
-Every method runs in its own process (so peak RSS is its own), after its model is loaded and warmed up.
-Ratios are against `plain` measured in the same run. Raw results accumulate in build/bench/results.json;
-each suite prints a Markdown table for BENCHMARKS.md.
+Every method runs in its own process (so peak RSS is its own), after its model is loaded and warmed up
+(the pipeline's warm-up is one run over the corpus's first --batch-size rows). Ratios are against the
+suite's baseline measured in the same run; with --repeat the methods run in interleaved rounds and the
+table shows each one's median. Raw results accumulate in build/bench/results.json; each suite prints a
+Markdown table for BENCHMARKS.md, and bench/plot.py draws the newest run of each.
 
 Suites and methods:
   text      plain          the module called on fixed batches of --batch-size rows in file order (overhead floor)

@@ -24,10 +24,12 @@ def newest(entries: list[dict]) -> dict[str, dict]:
     """The last entry per panel: text suites split by module, the others by suite."""
     panels = {}
     for entry in entries:
-        if "suite" not in entry:  # the first runs' format, before suites were recorded
+        if "images" not in entry:  # recorded before every entry named its suite and sizes
             continue
         module = Path(entry["module"]).name
-        key = f"text: {module}" if entry["suite"] == "text" else f"{entry['suite']}: {module}"
+        key = f"{entry['suite']}: {module}"
+        if entry["suite"] == "images":  # run at more than one size: one panel each
+            key += f", {entry['images']:,} files"
         panels[key] = entry
     return panels
 
@@ -44,7 +46,8 @@ def bars(ax, entry: dict, title: str) -> None:
             ax.plot([min(runs), max(runs)], [y, y], color="black", linewidth=1)
         ax.text(r["rows_per_s"], y, f" {r['rows_per_s']:.0f}", va="center", fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("rows/s (median; line: range of runs)" if any("runs_rows_per_s" in r for r in results) else "rows/s")
+    repeated = any(len(r.get("runs_rows_per_s", [])) > 1 for r in results)
+    ax.set_xlabel("rows/s (median; line: range of runs)" if repeated else "rows/s")
     ax.set_title(title, fontsize=10)
     ax.set_xlim(0, max(rates) * 1.2)
 
@@ -59,7 +62,7 @@ def scaling(ax, entry: dict, title: str) -> None:
     memory.plot(labels, [r["peak_rss_mb"] for r in results], marker="s", color="#c0392b", label="peak RSS")
     memory.set_ylim(0, max(r["peak_rss_mb"] for r in results) * 1.3)
     memory.set_ylabel("peak RSS MB", color="#c0392b")
-    ax.set_xlabel(f"corpus size (1x = {entry.get('scale_rows', entry['rows']):,} rows)")
+    ax.set_xlabel(f"corpus size (1x = {entry['scale_rows']:,} rows)")
     ax.set_title(title, fontsize=10)
 
 
@@ -72,8 +75,8 @@ def main(results_path: str, svg_path: str) -> int:
         if entry["suite"] == "scaling":
             scaling(ax, entry, f"{key} ({when}, {entry['cpus']} CPUs)")
         else:
-            size = f"{entry['images']:,} files" if entry["suite"] == "images" else f"{entry['rows']:,} rows"
-            bars(ax, entry, f"{key}, {size} ({when}, {entry['cpus']} CPUs)")
+            size = "" if entry["suite"] == "images" else f", {entry['rows']:,} rows"
+            bars(ax, entry, f"{key}{size} ({when}, {entry['cpus']} CPUs)")
     fig.tight_layout()
     fig.savefig(svg_path, metadata={"Date": None} if svg_path.endswith(".svg") else None)
     print(f"wrote {svg_path} ({', '.join(sorted(panels))})")
