@@ -4,7 +4,8 @@ Why a DoFn and not RunInference: the embedding step needs (1) length-aware batch
 rows — RunInference's BatchElements is blind to text length, so batches of mixed lengths pad to the
 longest; (2) a dead letter per row for images that fail to decode and for rows whose embedding fails,
 found by bisecting a failed batch; and (3) provenance (module digest, output dimension) fixed at
-construction time for the Parquet schema. The model lifecycle still sits behind a small interface
+construction time for the Parquet schema; (4) images decoded on a thread pool a chunk ahead of the model,
+so decoding overlaps reading. The model lifecycle still sits behind a small interface
 (hubbeam.pipeline.model), loaded once per worker process through `Shared`, as RunInference does.
 """
 from __future__ import annotations
@@ -150,7 +151,7 @@ class EmbedChunks(beam.DoFn):
         except ImageDecodeError as exc:
             return exc
 
-    def _embed_decoded(self, decoding: "_DecodingChunk"):
+    def _embed_decoded(self, decoding: _DecodingChunk):
         """A decoded chunk's outputs, in the window and at the timestamp of the chunk they came from."""
         from hubbeam.images import ImageDecodeError
 
