@@ -243,6 +243,8 @@ def measure(methods: list[str], run, repeat: int) -> list[dict]:
 
 
 def table(results: list[dict], base: str, title: str) -> str:
+    if not any(r["method"] == base for r in results):  # --methods left the baseline out
+        base = results[0]["method"]
     base_rate = next(r for r in results if r["method"] == base)["rows_per_s"]
     lines = [title, "", f"| method | rows | rows/s (median) | runs | × {base} | load s | peak RSS MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -288,6 +288,24 @@ def test_any_file_through_the_readers(data, fmt, tiny_embedder):
         assert len(items) == data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))
 
 
+@pytest.mark.parametrize("size, step", [(0, 7), (9, 7), (10, 7), (11, 7), (10, 10), (25, 4)])
+def test_bounded_reads_return_every_byte_up_to_the_limit(size, step):
+    from hubbeam.pipeline.sources import _read_at_most
+
+    data = bytes(n % 251 for n in range(size))
+    assert _read_at_most(io.BytesIO(data), 11, step) == data[:11]
+
+
+def test_image_files_past_the_value_limit_are_too_large():
+    reader = RowReader(InputSpec(kind="image", max_value_bytes=3 * 1024 * 1024))
+    for size, expected in ((3 * 1024 * 1024, None), (3 * 1024 * 1024 + 1, R.TOO_LARGE), (0, R.EMPTY_FILE)):
+        [item] = reader.read("x.png", lambda: io.BytesIO(b"p" * size))
+        if expected is None:
+            assert isinstance(item, R.Row) and len(item.value) == size
+        else:
+            assert isinstance(item, R.Rejected) and item.reason == expected
+
+
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(st.dictionaries(st.sampled_from(["id", "text", "other"]),
                                         st.recursive(st.none() | st.booleans() | st.integers() | st.floats()

@@ -188,8 +188,20 @@ class RowReader:
                 yield self._record(path, index, record)
 
     def _read_image(self, path, handle):
-        data = handle.read(self.spec.max_value_bytes + 1)
-        yield self.image_row(path, path, data, {})
+        yield self.image_row(path, path, _read_at_most(handle, self.spec.max_value_bytes + 1), {})
+
+
+def _read_at_most(handle, limit: int, step: int = 1 << 20) -> bytes:
+    """Up to limit bytes, a MiB at a time: a single read(limit) makes Python allocate the whole limit (32 MiB)
+    for every file, which took 5x longer than the reading itself on a folder of ~100 KB images."""
+    chunks, total = [], 0
+    while total < limit:
+        chunk = handle.read(min(step, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
