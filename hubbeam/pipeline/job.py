@@ -21,6 +21,7 @@ from hubbeam.pipeline.sources import FORMATS, InputSpec, file_format_error, matc
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"
+EMBEDDED = ""  # the outcome tally's key for embedded rows; every other key is a rejection reason
 _PARQUET_TYPE_ALIASES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
                          "float32", "float64", "bool", "string", "large_string", "date32", "binary"}
 
@@ -156,11 +157,11 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     import apache_beam as beam
     from apache_beam.io import fileio
     from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
-    from apache_beam.pvalue import AsList, AsSingleton
+    from apache_beam.pvalue import AsDict, AsList
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.transforms import (EMBEDDED, INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText,
-                                             ReadRows, TallyOutcomes)
+    from hubbeam.pipeline.transforms import (INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText,
+                                             ReadRows)
 
     embedder = model.acquire().embedder
     kind = embedder.input_kind
@@ -193,11 +194,12 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
                       | "RejectedAsDicts" >> beam.Map(lambda r: r._asdict())
                       | "WriteRejected" >> WriteToParquet(out.join(staging, out.REJECTED_PREFIX),
                                                           schema=out.rejected_schema(), **shard_args))
-    # One combiner tallies both outcomes (each combiner adds stages, and stages are most of a small job's cost).
+    # One combiner tallies both outcomes (each combiner adds stages, and stages are most of a small job's cost):
+    # rows embedded under EMBEDDED, rejected rows under their reason.
     tally = ((tables | "TableRows" >> beam.Map(lambda t: (EMBEDDED, t.num_rows)),
               rejected | "Reasons" >> beam.Map(lambda r: (r.reason, 1)))
              | "Outcomes" >> beam.Flatten()
-             | "Tally" >> beam.CombineGlobally(TallyOutcomes()))
+             | "Tally" >> beam.CombinePerKey(sum))
 
     manifest_base = {
         "hubbeam_version": __version__,
@@ -220,7 +222,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     (pipeline
      | "Once" >> beam.Create([None])
      | "Finalize" >> beam.Map(finalize, AsList(embedding_files), AsList(rejected_files), AsList(read[INPUT_COUNTS]),
-                              AsSingleton(tally)))
+                              AsDict(tally)))
 
 
 def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:

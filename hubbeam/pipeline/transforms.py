@@ -253,31 +253,6 @@ class CoalesceTables(beam.DoFn):
         return table
 
 
-EMBEDDED = ""  # the tally's key for embedded rows; every other key is a rejection reason
-
-
-class TallyOutcomes(beam.CombineFn):
-    """(outcome, rows) pairs -> {outcome: rows}: rows embedded under EMBEDDED, rejected rows under their reason."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, tally, pair):
-        outcome, rows = pair
-        tally[outcome] = tally.get(outcome, 0) + rows
-        return tally
-
-    def merge_accumulators(self, tallies):
-        merged = {}
-        for tally in tallies:
-            for outcome, rows in tally.items():
-                merged[outcome] = merged.get(outcome, 0) + rows
-        return merged
-
-    def extract_output(self, tally):
-        return tally
-
-
 class _Embed(beam.PTransform):
     kind = "text"
 
