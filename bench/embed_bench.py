@@ -304,7 +304,7 @@ def scaling_suite(args, workdir: Path) -> str:
         result = in_subprocess("pipeline", args.module, corpus, workdir / "out" / f"scaling-{factor}", args.batch_size)
         return {**result, "method": f"pipeline {factor}"}
 
-    results = measure(["1x", "5x", "10x"], run, 1)
+    results = measure(["1x", "5x", "10x"], run, args.repeat)
     record(workdir, "scaling", args, results)
     return table(results, "pipeline 1x", f"pipeline at 1x, 5x, 10x of {args.scale_rows} rows, module {args.module}")
 
