@@ -7,12 +7,12 @@ asset, which schedules embed_corpus. Thin wiring only: the work is in hubbeam.or
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, get_current_context, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from hubbeam.orchestration import airflow_support as support
-from hubbeam.orchestration import storage
+from hubbeam.orchestration import layout
 
-CORPUS = Asset(name="hubbeam_corpus", uri=support.asset_uri(support.corpus_root()))
+CORPUS = support.asset("corpus")
 
 with DAG(
     dag_id="corpus_extraction",
@@ -23,13 +23,13 @@ with DAG(
     max_active_runs=1,
     default_args=support.STORAGE_RETRIES,
     params={
-        "corpus_root": Param(support.corpus_root(), type="string", minLength=1,
+        "corpus_root": Param(layout.corpus_root(), type="string", minLength=1,
                              description="where snapshots are written (folder, s3://, gs://)"),
         "table": Param("documents", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$"),
         "id_column": Param("id", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
         "text_column": Param("text", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
         "updated_column": Param("updated_at", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
-        "image_source": Param(storage.join(storage.data_root(), "incoming", "images"), type="string",
+        "image_source": Param(layout.incoming_images(), type="string",
                               description="folder or bucket prefix scanned for new image files"),
         "shard_rows": Param(50_000, type="integer", minimum=1),
     },
@@ -37,23 +37,25 @@ with DAG(
 ) as dag:
 
     def _snapshot_dir(params, interval) -> str:
-        return storage.join(params["corpus_root"], storage.snapshot_name(*interval))
+        return layout.join(params["corpus_root"], layout.snapshot_name(*interval))
 
     @task
     def extract_text(params=None) -> dict:
         from hubbeam.orchestration.corpus import extract_text as extract
 
         interval = support.data_interval(get_current_context())
-        return extract(support.sqlalchemy_url(), _snapshot_dir(params, interval), *interval, table=params["table"],
-                       id_column=params["id_column"], text_column=params["text_column"],
-                       updated_column=params["updated_column"], shard_rows=params["shard_rows"])
+        with support.fail_fast():
+            return extract(support.sqlalchemy_url(), _snapshot_dir(params, interval), *interval,
+                           table=params["table"], id_column=params["id_column"], text_column=params["text_column"],
+                           updated_column=params["updated_column"], shard_rows=params["shard_rows"])
 
     @task
     def extract_images(params=None) -> dict:
         from hubbeam.orchestration.corpus import extract_images as extract
 
         interval = support.data_interval(get_current_context())
-        return extract(params["image_source"], _snapshot_dir(params, interval), *interval)
+        with support.fail_fast():
+            return extract(params["image_source"], _snapshot_dir(params, interval), *interval)
 
     @task(outlets=[CORPUS])
     def finish_snapshot(text: dict, images: dict, params=None, outlet_events=None) -> dict:
@@ -61,7 +63,8 @@ with DAG(
 
         interval = support.data_interval(get_current_context())
         manifest = finish(_snapshot_dir(params, interval), interval, {"text": text, "images": images})
-        outlet_events[CORPUS].extra = {"snapshot": manifest["snapshot"], "rows": manifest["rows"]}
+        outlet_events[CORPUS].extra = {"snapshot": manifest["snapshot"], "rows": manifest["rows"],
+                                       "location": _snapshot_dir(params, interval)}
         return manifest
 
     finish_snapshot(extract_text(), extract_images())

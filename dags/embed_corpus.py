@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Param, task
 
 from hubbeam.orchestration import airflow_support as support
+from hubbeam.orchestration import layout
 
-CORPUS = Asset(name="hubbeam_corpus", uri=support.asset_uri(support.corpus_root()))
-EMBEDDINGS = Asset(name="hubbeam_embeddings", uri=support.asset_uri(support.embeddings_root()))
+CORPUS = support.asset("corpus")
+EMBEDDINGS = support.asset("embeddings")
 
 with DAG(
     dag_id="embed_corpus",
@@ -41,8 +42,8 @@ with DAG(
                             description="auto: from the module's metadata"),
         "input": Param("", type="string", description="explicit input glob instead of the corpus snapshots"),
         "output": Param("", type="string", description="output folder for an explicit input"),
-        "corpus_root": Param(support.corpus_root(), type="string", minLength=1),
-        "embeddings_root": Param(support.embeddings_root(), type="string", minLength=1),
+        "corpus_root": Param(layout.corpus_root(), type="string", minLength=1),
+        "embeddings_root": Param(layout.embeddings_root(), type="string", minLength=1),
         "runner": Param("FnApiRunner", enum=support.RUNNERS),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
         "beam_options": Param({}, type="object", description="extra Beam pipeline options, e.g. "

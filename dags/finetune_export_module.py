@@ -9,12 +9,12 @@ is in hubbeam.export and hubbeam.orchestration.release.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, get_current_context, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from hubbeam.orchestration import airflow_support as support
-from hubbeam.orchestration import storage
+from hubbeam.orchestration import layout
 
-MODULES = Asset(name="hubbeam_modules", uri=support.asset_uri(support.modules_root()))
+MODULES = support.asset("modules")
 
 with DAG(
     dag_id="finetune_export_module",
@@ -26,7 +26,7 @@ with DAG(
     default_args=support.STORAGE_RETRIES,
     params={
         "base_module": Param(support.default_finetune_module(), type="string", minLength=1),
-        "train": Param(storage.join(storage.data_root(), "labelled", "train.csv"), type="string", minLength=1,
+        "train": Param(layout.training_data(), type="string", minLength=1,
                        description="CSV, JSONL or Parquet with an input column and a label column"),
         "eval": Param("", type="string", description="evaluation file; empty: a stratified 20% of train"),
         "label_column": Param("label", type="string", minLength=1),
@@ -35,7 +35,7 @@ with DAG(
         "epochs": Param(2, type="integer", minimum=1, maximum=100),
         "name": Param("", type="string", pattern=r"^[A-Za-z0-9_.-]*$",
                       description="published name; empty: BASE-finetuned"),
-        "module_store": Param(support.modules_root(), type="string", minLength=1,
+        "module_store": Param(layout.modules_root(), type="string", minLength=1,
                               description="where modules are published: folder, file://, s3://, gs://"),
         "storage_conn_id": Param("", type="string",
                                  description="Airflow connection (aws / google_cloud_platform) for the store"),
@@ -59,7 +59,7 @@ with DAG(
     def finetune(params=None) -> dict:
         from hubbeam.export import finetune as run_finetune
 
-        out = storage.join(storage.data_root(), "finetune", _version(), "module")
+        out = layout.finetuned_module(_version())
         with support.fail_fast():
             result = run_finetune(params["base_module"], params["train"], params["label_column"], out,
                                   eval_file=params["eval"] or None, text_column=params["text_column"],
@@ -84,7 +84,8 @@ with DAG(
             result = run_publish(report["module"], params["module_store"], name=report["name"],
                                  version=report["version"]).as_dict()
         outlet_events[MODULES].extra = {"name": result["name"], "version": result["version"],
-                                        "tree_sha256": result["tree_sha256"], "metric": report["finetuned"]}
+                                        "location": result["url"], "tree_sha256": result["tree_sha256"],
+                                        "metric": report["finetuned"]}
         return result
 
     report = finetune()

@@ -33,10 +33,10 @@ def seed_corpus() -> None:
 
 
 def create_gcs_buckets() -> None:
-    from hubbeam.hub.fetch import filesystem_for
+    from hubbeam import storage
 
     for bucket in filter(None, (b.strip() for b in os.environ.get("HUBBEAM_GCS_BUCKETS", "").split(","))):
-        fs, _ = filesystem_for(f"gs://{bucket}")
+        fs = storage.filesystem(f"gs://{bucket}")
 
         def make(fs=fs, bucket=bucket):
             if not fs.exists(bucket):

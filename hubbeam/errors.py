@@ -9,7 +9,11 @@ class HandleError(HubbeamError):
     """The handle is malformed, uses an unsupported scheme, or names nothing that exists locally."""
 
 
-class FetchError(HubbeamError):
+class StorageError(HubbeamError):
+    """A file or object store could not be read, listed or written (missing object, denied, unreachable)."""
+
+
+class FetchError(StorageError):
     """A remote module could not be fetched (unreachable host, 404, missing bucket or object, cut-off body)."""
 
 

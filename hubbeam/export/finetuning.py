@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from hubbeam.errors import HubbeamError
+from hubbeam import storage
+from hubbeam.errors import HubbeamError, StorageError
+from hubbeam.hub.archive import SAVED_MODEL_FILES
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ _FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
 
 @dataclass
 class Examples:
-    path: Path
+    path: str  # the data file as given: a local path or an object-store URL
     inputs: list  # str (text), or str path / bytes (images)
     labels: list
     rows: list[int]  # each example's row in the file, counted from 1 (for error messages)
@@ -72,21 +74,28 @@ class Examples:
 
 
 def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
-    """(column names, rows) of a CSV/TSV (header row), JSONL (one object per line) or Parquet file."""
-    path = Path(path)
-    fmt = next((f for suffix, f in _FORMATS.items() if path.name.lower().endswith(suffix)), None)
+    """(column names, rows) of a CSV/TSV (header row), JSONL (one object per line) or Parquet file, on the
+    local disk or an object store."""
+    where = storage.location(path)
+    fmt = next((f for suffix, f in _FORMATS.items() if where.name.lower().endswith(suffix)), None)
     if fmt is None:
         raise HubbeamError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet")
+    with storage.local_file(where) as local:
+        return _read_local_table(local, fmt, display=path)
+
+
+def _read_local_table(local: Path, fmt: str, display) -> tuple[list[str], list[dict]]:
+    path = display
     try:
         if fmt == "csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f, delimiter="\t" if path.name.lower().endswith(".tsv") else ",")
+            with open(local, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f, delimiter="\t" if local.name.lower().endswith(".tsv") else ",")
                 rows = list(reader)
                 return list(reader.fieldnames or []), rows
         if fmt == "jsonl":
             columns: dict[str, None] = {}
             rows = []
-            with open(path, encoding="utf-8") as f:
+            with open(local, encoding="utf-8") as f:
                 for number, line in enumerate(f, start=1):
                     if not line.strip():
                         continue
@@ -102,7 +111,7 @@ def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(local)
         except Exception as exc:  # noqa: BLE001 - pyarrow's error types
             raise HubbeamError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0][:200]}") from exc
         return list(table.schema.names), table.to_pylist()
@@ -116,7 +125,7 @@ def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
 
 def load_examples(path: str | os.PathLike, input_column: str, label_column: str, kind: str) -> Examples:
     """Read and validate one data file: both columns present, at least one row, no missing values."""
-    path = Path(path)
+    path = str(path)
     columns, rows = read_table(path)
     if not columns and not rows:
         raise HubbeamError(f"{path} is empty (no header, no rows)")
@@ -228,11 +237,11 @@ def _as_array(examples: Examples, kind: str, image_size) -> np.ndarray:
     images = []
     for row, value in zip(examples.rows, examples.inputs):
         if isinstance(value, str):
-            file = Path(value) if Path(value).is_absolute() else examples.path.parent / value
+            file = storage.location(examples.path).parent.join(value) if storage.is_relative(value) else value
             try:
-                value = file.read_bytes()
-            except OSError as exc:
-                raise HubbeamError(f"{examples.path} row {row}: cannot read image {file}: {exc.strerror}") from exc
+                value = storage.read_bytes(file)
+            except StorageError as exc:
+                raise HubbeamError(f"{examples.path} row {row}: cannot read image {exc}") from exc
         try:
             images.append(decode_image(value, image_size))
         except HubbeamError as exc:
@@ -246,7 +255,7 @@ def _as_array(examples: Examples, kind: str, image_size) -> np.ndarray:
 class FinetuneResult:
     """The exported module, the report, and the in-memory fine-tuned encoder (hub.KerasLayer) and head."""
 
-    path: Path
+    path: Path | str  # a local folder, or the object-store URL the module was uploaded to
     report: dict
     encoder: Any = field(repr=False)
     head: Any = field(repr=False)
@@ -292,6 +301,7 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
 
     if epochs < 1 or batch_size < 1 or learning_rate <= 0 or not 0 < eval_fraction < 1:
         raise HubbeamError("epochs and batch size must be >= 1, the learning rate > 0, the eval fraction in (0, 1)")
+    target = storage.location(out_dir)  # a bad output URL fails before any training
     kind = "image" if image_column else "text"
     column = image_column or text_column
     train_set = load_examples(train, column, label_column, kind)
@@ -391,7 +401,6 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
     started = time.monotonic()
 
     # 3. Export the encoder with its updated variables.
-    out = Path(out_dir).expanduser().resolve()
     name = name or finetuned_name(resolved.handle, base_metadata)
     version = str(version or "1")
     check_name(name, "name")
@@ -401,22 +410,23 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
         "rows": {"train": len(y_train), "eval": len(y_eval)}, "eval": eval_source,
         "label_column": label_column, "input_column": column, "classes": classes,
         "epochs": epochs, "batch_size": batch_size, "steps": steps, "learning_rate": learning_rate,
-        "seed": seed, "epoch_losses": epoch_losses, "train_file": str(Path(train).expanduser()),
+        "seed": seed, "epoch_losses": epoch_losses, "train_file": storage.location(train).url,
     }
     metadata = {k: v for k, v in base_metadata.items() if k not in ("training", "finetune", "parent", "exported_from")}
     metadata.update({
         "name": name, "version": version,
-        "description": f"{base_metadata.get('description') or resolved.handle}; fine-tuned on {Path(train).name}",
+        "description": f"{base_metadata.get('description') or resolved.handle}; fine-tuned on {storage.location(train).name}",
         "parent": {"handle": resolved.handle, "sha256": resolved.sha256, "name": base_metadata.get("name"),
                    "version": base_metadata.get("version"), "weights_sha256": base_metadata.get("weights_sha256")},
         "finetune": summary,
     })
     sample = x_eval[:4]
-    path = _export_encoder(obj, out, metadata, sample)
-    log.info("exported the fine-tuned encoder to %s (%.1fs, contract checked)", path, time.monotonic() - started)
-    report = {"module": str(path), "name": name, "version": version, "parent": metadata["parent"], **summary,
-              "weights_sha256": read_metadata(path)["weights_sha256"]}
-    return FinetuneResult(path, report, layer, head, classes)
+    with storage.staged_folder(target, last=SAVED_MODEL_FILES) as staging:
+        weights_sha256 = read_metadata(_export_encoder(obj, staging, metadata, sample))["weights_sha256"]
+    log.info("exported the fine-tuned encoder to %s (%.1fs, contract checked)", target, time.monotonic() - started)
+    report = {"module": target.url, "name": name, "version": version, "parent": metadata["parent"], **summary,
+              "weights_sha256": weights_sha256}
+    return FinetuneResult(target.local_path if target.is_local else target.url, report, layer, head, classes)
 
 
 def finetuned_name(handle: str, base_metadata: dict) -> str:

@@ -36,15 +36,12 @@ import logging
 import os
 import posixpath
 import tempfile
-import urllib.parse
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubbeam import __version__
+from hubbeam import __version__, storage
 from hubbeam.errors import HubbeamError
-from hubbeam.hub.archive import is_saved_model_dir, module_root, safe_extract
+from hubbeam.hub.archive import SAVED_MODEL_FILES, is_saved_model_dir, module_root, safe_extract
 from hubbeam.hub.digest import file_sha256, list_files, tree_sha256
 from hubbeam.hub.metadata import read_metadata
 
@@ -52,7 +49,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "_PUBLISHED.json"
 FOLDER = "saved_model"
-_LAST = ("saved_model.pb", "saved_model.pbtxt")  # a folder is a SavedModel once one of these is there
 
 
 @dataclass(frozen=True)
@@ -71,130 +67,9 @@ class PublishResult:
         return dict(self.__dict__)
 
 
-# --- destinations -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Destination:
-    fs: object
-    root: str  # path in fs terms (bucket/prefix, or an absolute local path)
-    scheme: str  # "file", "s3" or "gs"
-    display: str  # what users see (no credentials in it)
-    local_style: str = ""  # "file://" when the user wrote file://, "" for a plain path
-
-    def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
-
-    def url(self, *parts: str) -> str:
-        path = self.path(*parts)
-        if self.scheme == "file":
-            return f"{self.local_style}{path}"
-        return f"{self.scheme}://{path}"
-
-    @property
-    def local(self) -> bool:
-        return self.scheme == "file"
-
-
-def _destination(dest: str | os.PathLike) -> _Destination:
-    text = os.fspath(dest).strip()
-    if not text:
-        raise HubbeamError("empty destination; expected a folder, file://PATH, s3://BUCKET/PREFIX or "
-                           "gs://BUCKET/PREFIX")
-    parts = urllib.parse.urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme in ("s3", "gs"):
-        if not parts.netloc:
-            raise HubbeamError(f"invalid destination {text!r}: no bucket name")
-        from hubbeam.hub.fetch import filesystem_for
-
-        url = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        fs, path = filesystem_for(url)
-        return _Destination(fs, path, scheme, url)
-    if scheme not in ("", "file"):
-        raise HubbeamError(f"unsupported destination {text!r}; expected a folder, file://…, s3://… or gs://…")
-    import fsspec
-
-    local = Path(urllib.parse.unquote(parts.path) if scheme == "file" else text).expanduser().resolve()
-    fs = fsspec.filesystem("file", auto_mkdir=True)
-    return _Destination(fs, local.as_posix(), "file", str(local), "file://" if scheme == "file" else "")
-
-
-_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
-                      "DefaultCredentialsError", "RefreshError")
-_STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google.auth", "google.api_core", "aiohttp",
-                    "requests", "fsspec")
-
-
-def _describe(exc: BaseException) -> str | None:
-    """One line for a storage failure, or None if exc is not one (then it is a bug and propagates)."""
-    names = {klass.__name__ for klass in type(exc).__mro__}
-    modules = {klass.__module__ for klass in type(exc).__mro__}
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    if names & set(_CREDENTIAL_ERRORS):
-        return f"no usable credentials ({text}); configure the storage client's credentials first"
-    code = getattr(exc, "code", None) or getattr(exc, "status", None)
-    if isinstance(exc, PermissionError) or code in (401, 403):
-        return f"access denied ({text})"
-    if isinstance(exc, OSError) or any(m.startswith(_STORAGE_MODULES) for m in modules):
-        return text if not isinstance(exc, OSError) or not exc.strerror else f"{exc.strerror}: {exc.filename or text}"
-    return None
-
-
-@contextmanager
-def _storage_errors(what: str):
-    try:
-        yield
-    except HubbeamError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - storage clients raise many types; _describe sorts them out
-        described = _describe(exc)
-        if described is None:
-            raise
-        raise HubbeamError(f"{what}: {described}") from exc
-
-
-def _listing(dest: _Destination, prefix: str) -> dict[str, int]:
-    """Relative name -> size of every object under prefix (empty if there is none)."""
-    dest.fs.invalidate_cache()
-    try:
-        found = dest.fs.find(prefix, detail=True)
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for name, info in found.items():
-        if info.get("type", "file") != "file":
-            continue
-        rel = posixpath.relpath(name.rstrip("/"), prefix.rstrip("/"))
-        if not rel.startswith(".."):
-            out[rel] = int(info.get("size") or 0)
-    return out
-
-
-def _put(dest: _Destination, local: Path, remote: str) -> None:
-    """Upload one file; on local disks under a temporary name renamed into place (one object is atomic)."""
-    if dest.local:
-        scratch = f"{remote}.partial-{uuid.uuid4().hex[:8]}"
-        dest.fs.put_file(str(local), scratch)
-        dest.fs.mv(scratch, remote)
-    else:
-        dest.fs.put_file(str(local), remote)
-
-
-def _remove(dest: _Destination, prefix: str) -> None:
-    dest.fs.invalidate_cache()
-    if dest.fs.exists(prefix):
-        dest.fs.rm(prefix, recursive=True)
-    dest.fs.invalidate_cache()
-
-
 def published_version(dest: str | os.PathLike, name: str, version: str) -> dict | None:
     """The completion marker of DEST/NAME/VERSION if that version is published, else None."""
-    where = _destination(dest)
-    with _storage_errors(f"cannot read {where.display}"):
-        try:
-            return json.loads(where.fs.cat_file(where.path(name, str(version), MARKER)))
-        except FileNotFoundError:
-            return None
+    return storage.read_json(storage.location(dest).join(name, str(version), MARKER))
 
 
 # --- the module to publish ----------------------------------------------------------------------------------------
@@ -228,70 +103,91 @@ def publish(source: str | os.PathLike, dest: str | os.PathLike, *, name: str | N
     """
     from hubbeam.export.create import check_name
 
-    src = Path(source).expanduser()
-    where = _destination(dest)
+    where = storage.location(dest)
     with tempfile.TemporaryDirectory(prefix="hubbeam-publish-") as tmp:
+        src = _local_source(source, Path(tmp))
         module_dir, tarball, archive_sha, tree = _prepare(src, Path(tmp))
         metadata = read_metadata(module_dir) or {}
         name = name or metadata.get("name")
         version = str(version or metadata.get("version") or "") or None
         if not name or not version:
-            raise HubbeamError(f"{src} has no name and version in its metadata; give them (--name, --version)")
+            raise HubbeamError(f"{source} has no name and version in its metadata; give them (--name, --version)")
         check_name(name, "name")
         check_name(version, "version")
-        prefix = where.path(name, version)
+        target = where.join(name, version)
         archive_name = f"{name}.tar.gz"
         sidecar = Path(tmp) / f"{archive_name}.sha256"
         sidecar.write_text(f"{archive_sha}  {archive_name}\n")
         files = list_files(module_dir)
         uploads = [(module_dir / rel, posixpath.join(FOLDER, rel))
-                   for rel in sorted(files, key=lambda r: (r in _LAST, r))]
+                   for rel in sorted(files, key=lambda r: (r in SAVED_MODEL_FILES, r))]
         uploads += [(tarball, archive_name), (sidecar, sidecar.name)]
         expected = {remote: local.stat().st_size for local, remote in uploads}
-        display = where.url(name, version)
+        display = target.url
+        fs = storage.filesystem(where)
 
-        with _storage_errors(f"cannot publish to {display}"):
+        with storage.errors(f"cannot publish to {display}", nested=True):
             replaced = cleaned = False
-            if where.fs.exists(where.path(name, version, MARKER)):
+            if fs.exists(target.join(MARKER).path):
                 if not force:
                     raise HubbeamError(f"{name} {version} is already published at {display}; versions are "
                                        "immutable (publish a new version, or force to overwrite)")
                 log.warning("overwriting published version %s", display)
-                where.fs.rm(where.path(name, version, MARKER))  # first: from now on it reads as incomplete
+                fs.rm(target.join(MARKER).path)  # first: from now on it reads as incomplete
                 replaced = True
-            leftovers = _listing(where, prefix)
+            leftovers = storage.find(target)
             if leftovers:
                 if not replaced:
                     log.warning("removing %d objects of an unfinished publish of %s", len(leftovers), display)
                     cleaned = True
-                _remove(where, prefix)
+                storage.remove(target)
             try:
                 for local, remote in uploads:
-                    _put(where, local, where.path(name, version, remote))
-                found = _listing(where, prefix)
+                    storage.put_file(local, target.join(remote))
+                found = storage.find(target)
                 wrong = sorted(r for r, size in expected.items() if found.get(r) != size)
                 if wrong:
                     raise HubbeamError(f"upload to {display} is incomplete ({', '.join(wrong[:5])}); nothing published")
                 marker = {
                     "name": name, "version": version, "archive": archive_name, "archive_sha256": archive_sha,
                     "folder": FOLDER, "tree_sha256": tree, "files": {r: expected[r] for r in sorted(expected)},
-                    "weights_sha256": metadata.get("weights_sha256"), "source": str(src),
+                    "weights_sha256": metadata.get("weights_sha256"), "source": _display_source(source),
                     "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "hubbeam_version": __version__,
                 }
                 marker_file = Path(tmp) / MARKER
                 marker_file.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-                _put(where, marker_file, where.path(name, version, MARKER))
+                storage.put_file(marker_file, target.join(MARKER))
             except BaseException:
-                _best_effort_remove(where, prefix)
+                _best_effort_remove(target)
                 raise
-    return PublishResult(name, version, display, where.url(name, version, FOLDER),
-                         where.url(name, version, archive_name), archive_sha, tree, replaced, cleaned)
+    return PublishResult(name, version, display, target.join(FOLDER).url, target.join(archive_name).url,
+                         archive_sha, tree, replaced, cleaned)
 
 
-def _best_effort_remove(dest: _Destination, prefix: str) -> None:
+def _local_source(source: str | os.PathLike, scratch: Path) -> Path:
+    """The module to publish on the local disk: a local folder or tarball as it is, a remote one downloaded."""
+    where = storage.location(source)
+    if where.is_local:
+        return where.local_path
+    if where.name.endswith((".tar.gz", ".tgz")):
+        local = scratch / "source" / where.name
+        storage.get_file(where, local)
+        return local
+    local = scratch / "source" / (where.name or "module")
+    if not storage.download_folder(where, local):
+        raise HubbeamError(f"no such module folder or tarball: {where}")
+    return local
+
+
+def _display_source(source: str | os.PathLike) -> str:
+    where = storage.location(source)
+    return where.url if not where.is_local else str(where.local_path)
+
+
+def _best_effort_remove(target: storage.Location) -> None:
     """Undo a failed publish; if even that fails the objects stay without a marker (the next publish clears them)."""
     try:
-        _remove(dest, prefix)
+        storage.remove(target)
     except Exception as exc:  # noqa: BLE001
-        log.warning("could not remove the unfinished publish at %s: %s", prefix, exc)
+        log.warning("could not remove the unfinished publish at %s: %s", target, exc)

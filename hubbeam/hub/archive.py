@@ -19,6 +19,8 @@ from hubbeam.errors import HubbeamError, IntegrityError
 DEFAULT_MAX_EXTRACT_BYTES = 16 * 1024**3
 _COPY_CHUNK = 1 << 20
 
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # a folder is a SavedModel once one is there
+
 
 def max_extract_bytes() -> int:
     return int(os.environ.get("HUBBEAM_MAX_EXTRACT_BYTES", DEFAULT_MAX_EXTRACT_BYTES))
@@ -91,7 +93,7 @@ def module_root(extracted: Path) -> Path:
 
 
 def is_saved_model_dir(path: Path) -> bool:
-    return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+    return any((path / name).is_file() for name in SAVED_MODEL_FILES)
 
 
 def remove_tree(path: Path) -> None:

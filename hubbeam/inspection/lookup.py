@@ -78,8 +78,7 @@ class RowLookup:
         return found
 
     def _from_sources(self, hits: list[Hit]) -> dict:
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
+        from hubbeam import storage
         from hubbeam.pipeline import rows as R
         from hubbeam.pipeline.sources import InputSpec, RowReader
 
@@ -98,7 +97,7 @@ class RowLookup:
         for source in sorted(sources):
             wanted = by_source[source]
             remaining = set(wanted)
-            items = reader.read(source, lambda: FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED))
+            items = reader.read(source, lambda source=source: storage.open(source))
             try:
                 for item in items:
                     if isinstance(item, R.Rejected) or item.id not in remaining:

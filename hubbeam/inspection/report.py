@@ -37,22 +37,14 @@ def write_report(embeddings_dir, out: str | None = None, *, color_by: str = "sou
     `truncated`). sample: most points on the map. examples × neighbours: the neighbour tables.
     id_column / text_column / image_column: how the source files name them, to show text and images.
     """
-    from hubbeam.pipeline.output import join
+    from hubbeam import storage
 
     directory = str(embeddings_dir).rstrip("/") or "/"
     page = build_report(directory, color_by=color_by, sample=sample, examples=examples, neighbours=neighbours,
                         rejected_examples=rejected_examples, seed=seed, id_column=id_column,
                         text_column=text_column, image_column=image_column)
-    path = str(out) if out else join(directory, REPORT_NAME)
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(path, mime_type="text/html") as f:
-            f.write(page.encode("utf-8"))
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(page)
+    path = str(out) if out else storage.join(directory, REPORT_NAME)
+    storage.write_text(path, page)
     return path
 
 

@@ -52,14 +52,12 @@ def embed_query(embedder, query: str | None = None, image: str | None = None) ->
     if image is not None:
         if embedder.input_kind != "image":
             raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input: give a text query, not --image")
-        from apache_beam.io.filesystems import FileSystems
-
+        from hubbeam import storage
         from hubbeam.images import decode_image
 
         try:
-            with FileSystems.open(str(image)) as f:
-                data = f.read()
-        except Exception as exc:  # Beam wraps local and remote failures alike
+            data = storage.read_bytes(image)
+        except HubbeamError as exc:
             raise HubbeamError(f"cannot read image {image}: {exc}") from exc
         try:
             batch = decode_image(data, embedder.image_size)[None]

@@ -31,7 +31,8 @@ class EmbeddingsOutput:
     """The folder of a finished `hubbeam embed` run: manifest, shard paths, provenance."""
 
     def __init__(self, directory: str):
-        from hubbeam.pipeline.output import join, read_manifest
+        from hubbeam.pipeline.output import read_manifest
+        from hubbeam.storage import join
 
         self.directory = str(directory).rstrip("/") or "/"
         self.manifest = read_manifest(self.directory)
@@ -51,9 +52,9 @@ class EmbeddingsOutput:
         return sum(self.rows)
 
     def open(self, path: str):
-        from apache_beam.io.filesystems import FileSystems
+        from hubbeam import storage
 
-        return FileSystems.open(path)
+        return storage.open(path)
 
     def parquet(self, shard: int, handle):
         """The ParquetFile of a shard, after checking it was written by the manifest's module."""

@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import sys
 
-from hubbeam.orchestration import storage
+from hubbeam.orchestration import layout
 
 CORPUS_DB_CONN_ID = "hubbeam_corpus_db"
 STORAGE_RETRIES = {"retries": 3, "retry_delay": dt.timedelta(seconds=5), "retry_exponential_backoff": True,
@@ -19,20 +19,16 @@ STORAGE_RETRIES = {"retries": 3, "retry_delay": dt.timedelta(seconds=5), "retry_
 RUNNERS = ["FnApiRunner", "PortableRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PrismRunner"]
 
 
-def corpus_root() -> str:
-    return storage.join(storage.data_root(), "corpus")
+def asset(name: str):
+    """The Asset a DAG emits or waits for, identified by its name alone (uri `hubbeam://NAME`).
 
+    Not by the data root: the process that parses a DAG and the worker that runs its task could see different
+    settings, and Airflow fails a task whose outlet differs from the registered asset. Where the data is
+    travels in each event's extra instead.
+    """
+    from airflow.sdk import Asset
 
-def embeddings_root() -> str:
-    return storage.join(storage.data_root(), "embeddings")
-
-
-def modules_root() -> str:
-    return storage.join(storage.data_root(), "modules")
-
-
-def asset_uri(path: str) -> str:
-    return path if "://" in path else f"file://{os.path.abspath(path)}"
+    return Asset(name=f"hubbeam_{name}", uri=f"hubbeam://{name}")
 
 
 def beam_job_file() -> str:
@@ -80,43 +76,61 @@ def storage_connection(conn_id: str):
     environment's own."""
     from hubbeam.orchestration.release import connection_credentials
 
-    if not conn_id:
-        with connection_credentials(None):
-            yield
-        return
-    from airflow.sdk import BaseHook
+    conn = None
+    if conn_id:
+        from airflow.sdk import BaseHook
 
-    conn = BaseHook.get_connection(conn_id)
-    with connection_credentials({"conn_type": conn.conn_type, "login": conn.login, "password": conn.password,
-                                 "extra": conn.extra_dejson}):
+        found = BaseHook.get_connection(conn_id)
+        conn = {"conn_type": found.conn_type, "login": found.login, "password": found.password,
+                "extra": found.extra_dejson}
+    with connection_credentials(conn):
         yield
 
 
 def sqlalchemy_url(conn_id: str = CORPUS_DB_CONN_ID) -> str:
-    """The SQLAlchemy URL of an Airflow connection (or the demo's SQLite file when it is not defined)."""
+    """The SQLAlchemy URL of an Airflow connection (or the demo's SQLite file when it is not defined).
+
+    Airflow turns `postgresql://` into conn_type `postgres`; that (or `postgresql` without a driver) gets
+    psycopg 3, the PostgreSQL driver hubbeam installs. A driver the connection names (`postgresql+psycopg2://`)
+    is kept. get_uri() percent-encodes login and password.
+    """
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
-        return f"sqlite:///{os.path.abspath(storage.join(storage.data_root(), 'corpus.db'))}"
+        from hubbeam.errors import HubbeamError
+        from hubbeam.storage import location
+
+        default = location(layout.corpus_database())
+        if not default.is_local:
+            raise HubbeamError(f"no Airflow connection {conn_id!r} for the corpus database (the SQLite default "
+                               f"needs a local data root, not {layout.data_root()}); set AIRFLOW_CONN_"
+                               f"{conn_id.upper()}=postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return f"sqlite:///{default.path}"
     if conn.conn_type == "sqlite":
         return f"sqlite:///{conn.host}"
-    uri = conn.get_uri()
-    return uri.replace("postgres://", "postgresql://", 1)
+    scheme, rest = conn.get_uri().split("://", 1)
+    dialect, plus, driver = scheme.partition("+")
+    if dialect in ("postgres", "postgresql"):
+        scheme = f"postgresql+{driver}" if plus else "postgresql+psycopg"
+    return f"{scheme}://{rest}"
 
 
 @contextlib.contextmanager
 def fail_fast():
     """Turn hubbeam's user errors (bad handle, bad columns, …) into a failure that is not retried:
-    retrying cannot fix them, and back-off would only delay the message."""
+    retrying cannot fix them, and back-off would only delay the message. Storage errors (a store that is
+    down, throttling, unreachable) stay retryable: the task's retry policy is for them."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from hubbeam.errors import HubbeamError
+    from hubbeam.errors import HubbeamError, StorageError
 
     try:
         yield
+    except StorageError:
+        raise
     except HubbeamError as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -3,7 +3,11 @@
 The watermark is the run's data interval: rows with `START <= updated_at < END` (the first run, with no
 previous successful interval, takes everything before END). Re-running an interval therefore reads the
 same rows and writes the same files; a later interval carries only what changed since. Within a snapshot,
-rows with identical content (sha256) are kept once.
+rows with identical content (sha256) are kept once. Deleted rows are not tracked: they are simply absent
+from later snapshots (an earlier snapshot keeps what it had).
+
+Text is streamed: a server-side cursor reads FETCH_ROWS rows at a time and each shard is written as soon as
+it fills, so memory is bounded by shard_rows, not by the size of the table.
 """
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ import datetime as dt
 import hashlib
 import io
 import os
+import posixpath
+import sqlite3
 
 from hubbeam.errors import HubbeamError
-from hubbeam.orchestration import storage
+from hubbeam import storage
 
 TEXT_DIR = "text"
 IMAGES_DIR = "images"
 DEFAULT_SHARD_ROWS = 50_000
+FETCH_ROWS = 1000  # rows per round trip of the server-side cursor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -25,23 +32,77 @@ def _naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
     return None if moment is None else moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _write_shards(table, out_dir: str, shard_rows: int) -> list[dict]:
-    """Replace out_dir's shards with table cut into shard_rows pieces (an empty table writes none)."""
+def _write_shard(out_dir: str, number: int, table) -> dict:
     import pyarrow.parquet as pq
 
+    name = f"part-{number:05d}.parquet"
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy")
+    storage.write_bytes(storage.join(out_dir, name), buffer.getvalue())
+    return {"file": name, "rows": table.num_rows}
+
+
+def _write_shards(table, out_dir: str, shard_rows: int) -> list[dict]:
+    """Replace out_dir's shards with table cut into shard_rows pieces (an empty table writes none)."""
     storage.remove(out_dir)
-    fs, path = storage.fs_and_path(out_dir)
-    fs.makedirs(path, exist_ok=True)
-    shards = []
-    for number, start in enumerate(range(0, table.num_rows, shard_rows)):
-        piece = table.slice(start, shard_rows)
-        name = f"part-{number:05d}.parquet"
-        buffer = io.BytesIO()
-        pq.write_table(piece, buffer, compression="snappy")
-        with fs.open(f"{path}/{name}", "wb") as f:
-            f.write(buffer.getvalue())
-        shards.append({"file": name, "rows": piece.num_rows})
-    return shards
+    return [_write_shard(out_dir, number, table.slice(start, shard_rows))
+            for number, start in enumerate(range(0, table.num_rows, shard_rows))]
+
+
+class _TextShards:
+    """Replaces out_dir's shards with rows added one at a time: every shard_rows rows become one part file
+    as soon as they are in, so only one shard's rows are ever held. The files are byte for byte those
+    _write_shards writes for the whole table."""
+
+    def __init__(self, out_dir: str, shard_rows: int):
+        import pyarrow as pa
+
+        self.schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("updated_at", pa.string()),
+                                 ("content_sha256", pa.string())])
+        self.shard_rows = shard_rows
+        self.shards: list[dict] = []
+        self.rows = 0
+        self._columns: tuple[list, list, list, list] = ([], [], [], [])
+        self.out_dir = out_dir
+        storage.remove(out_dir)
+
+    def add(self, row_id: str, text, updated_at: str, digest: bytes) -> None:
+        ids, texts, updated, digests = self._columns
+        ids.append(row_id)
+        texts.append(text)
+        updated.append(updated_at)
+        digests.append(digest)
+        self.rows += 1
+        if len(ids) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        ids, texts, updated, digests = self._columns
+        if not ids:
+            return
+        table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(texts, pa.string()),
+                                      pa.array(updated, pa.string()),
+                                      pa.array([d.hex() for d in digests], pa.string())], schema=self.schema)
+        self._columns = ([], [], [], [])
+        self.shards.append(_write_shard(self.out_dir, len(self.shards), table))
+
+
+class _SeenDigests:
+    """The content digests already kept in this snapshot, exactly, in a private temporary SQLite database
+    (on disk past SQLite's small page cache): dedupe memory does not grow with the table either."""
+
+    def __init__(self):
+        self._db = sqlite3.connect("")  # "": temporary, deleted when closed
+        self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, digest: bytes) -> bool:
+        """True if digest is new (and is now recorded), False if it was seen before."""
+        return self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (digest,)).rowcount == 1
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _dedupe(records: list[dict], key: str) -> tuple[list[dict], int]:
@@ -57,7 +118,6 @@ def extract_text(db_uri: str, snapshot_dir: str, start: dt.datetime | None, end:
                  table: str = "documents", id_column: str = "id", text_column: str = "text",
                  updated_column: str = "updated_at", shard_rows: int = DEFAULT_SHARD_ROWS) -> dict:
     """Documents changed in [start, end) from a SQL database (any SQLAlchemy URL) into SNAPSHOT/text/."""
-    import pyarrow as pa
     import sqlalchemy as sa
 
     for name in (table, id_column, text_column, updated_column):
@@ -68,24 +128,28 @@ def extract_text(db_uri: str, snapshot_dir: str, start: dt.datetime | None, end:
              + f" ORDER BY {id_column}")
     params = {"end": _naive_utc(end), **({"start": _naive_utc(start)} if start else {})}
     engine = sa.create_engine(db_uri)
+    seen = _SeenDigests()
+    duplicates = 0
     try:
         with engine.connect() as connection:
-            rows = connection.execute(sa.text(query), params).mappings().all()
+            result = connection.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(
+                sa.text(query), params)
+            # Only once the query runs: a bad table or column leaves the previous shards alone.
+            shards = _TextShards(storage.join(snapshot_dir, TEXT_DIR), shard_rows)
+            for row_id, text, updated_at in result:
+                content = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else b""
+                digest = hashlib.sha256(content).digest()
+                if seen.add(digest):
+                    shards.add(str(row_id), text, str(updated_at), digest)
+                else:
+                    duplicates += 1
+            shards.flush()
     except sa.exc.SQLAlchemyError as exc:
         raise HubbeamError(f"cannot read {table} from the corpus database: {str(exc).splitlines()[0]}") from exc
     finally:
+        seen.close()
         engine.dispose()
-    records = []
-    for row in rows:
-        text = row["text"]
-        content = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else b""
-        records.append({"id": str(row["id"]), "text": text, "updated_at": str(row["updated_at"]),
-                        "content_sha256": hashlib.sha256(content).hexdigest()})
-    records, duplicates = _dedupe(records, "content_sha256")
-    table_out = pa.Table.from_pylist(records, schema=pa.schema([
-        ("id", pa.string()), ("text", pa.string()), ("updated_at", pa.string()), ("content_sha256", pa.string())]))
-    shards = _write_shards(table_out, storage.join(snapshot_dir, TEXT_DIR), shard_rows)
-    return {"rows": table_out.num_rows, "duplicates_dropped": duplicates, "shards": shards}
+    return {"rows": shards.rows, "duplicates_dropped": duplicates, "shards": shards.shards}
 
 
 def extract_images(source: str, snapshot_dir: str, start: dt.datetime | None, end: dt.datetime,
@@ -93,18 +157,17 @@ def extract_images(source: str, snapshot_dir: str, start: dt.datetime | None, en
     """Image files under source whose modification time falls in [start, end) into SNAPSHOT/images/."""
     import pyarrow as pa
 
-    fs, root = storage.fs_and_path(source)
+    root = storage.location(source)
     records = []
-    if fs.exists(root):
-        for path, info in sorted(fs.find(root, detail=True).items()):
-            if not path.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            modified = _modified(info)
-            if modified is None or modified >= end or (start is not None and modified < start):
-                continue
-            data = fs.cat_file(path)
-            records.append({"id": os.path.relpath(path, root), "image": data,
-                            "mtime": modified.isoformat(), "content_sha256": hashlib.sha256(data).hexdigest()})
+    for url, info in storage.list_files(root).items():
+        if not url.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        modified = _modified(info)
+        if modified is None or modified >= end or (start is not None and modified < start):
+            continue
+        data = storage.read_bytes(url)
+        records.append({"id": posixpath.relpath(storage.location(url).path, root.path), "image": data,
+                        "mtime": modified.isoformat(), "content_sha256": hashlib.sha256(data).hexdigest()})
     records, duplicates = _dedupe(records, "content_sha256")
     table = pa.Table.from_pylist(records, schema=pa.schema([
         ("id", pa.string()), ("image", pa.binary()), ("mtime", pa.string()), ("content_sha256", pa.string())]))
@@ -145,8 +208,8 @@ def create_sample_database(db_path_or_url: str, rows: int = 300, updated_at: str
     """A `documents` table of real text (from hubbeam.samples), for the demo, tests and the compose stack.
 
     A plain path is a SQLite file (created with its folders); anything with `://` is a SQLAlchemy URL
-    (postgresql+psycopg2://… in docker/docker-compose.yaml). updated_at is a TIMESTAMP column. Rows are
-    upserted, so running it again is harmless. Returns the SQLAlchemy URL.
+    (postgresql+psycopg://… in docker/docker-compose.yaml; plain postgresql:// is psycopg 3 too). updated_at
+    is a TIMESTAMP column. Rows are upserted, so running it again is harmless. Returns the SQLAlchemy URL.
     """
     from hubbeam.samples import make_rows
 

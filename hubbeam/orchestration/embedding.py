@@ -8,7 +8,7 @@ its metadata read.
 from __future__ import annotations
 
 from hubbeam.errors import HubbeamError
-from hubbeam.orchestration import storage
+from hubbeam import storage
 from hubbeam.orchestration.corpus import IMAGES_DIR, TEXT_DIR, finished_snapshots
 
 

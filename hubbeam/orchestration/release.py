@@ -7,12 +7,8 @@ latest published version's (which is read from that version's own metadata, so n
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import tempfile
 
-from hubbeam.errors import HubbeamError
-from hubbeam.orchestration import storage
+from hubbeam import storage
 
 
 def published_versions(dest: str, name: str) -> list[str]:
@@ -47,41 +43,13 @@ def decide(report: dict, dest: str, name: str, version: str) -> dict:
 
 @contextlib.contextmanager
 def connection_credentials(conn: dict | None):
-    """Expose an Airflow connection's credentials the way fsspec's S3/GCS clients read them, for one call.
+    """An Airflow storage connection's credentials for the storage calls of this block (and no one else's).
 
     conn: {"conn_type", "login", "password", "extra"} (aws: key id / secret, extra endpoint_url or region_name;
-    google_cloud_platform: extra key_path or keyfile_dict). None: the environment's own credentials.
+    google_cloud_platform: extra key_path or keyfile_dict). None: the environment's own credentials. They are
+    passed to the storage clients (hubbeam.storage.use_credentials), never written to the environment.
     """
-    if not conn:
+    credentials = None if not conn else storage.Credentials.from_connection(
+        conn["conn_type"], conn.get("login"), conn.get("password"), conn.get("extra"))
+    with storage.use_credentials(credentials):
         yield
-        return
-    extra = conn.get("extra") or {}
-    if isinstance(extra, str):
-        extra = json.loads(extra or "{}")
-    env, keyfile = {}, None
-    if conn["conn_type"] == "aws":
-        env.update({"AWS_ACCESS_KEY_ID": conn.get("login"), "AWS_SECRET_ACCESS_KEY": conn.get("password"),
-                    "HUBBEAM_S3_ENDPOINT_URL": extra.get("endpoint_url"), "AWS_DEFAULT_REGION": extra.get("region_name")})
-    elif conn["conn_type"] in ("google_cloud_platform", "gcp"):
-        token = extra.get("key_path")
-        if not token and extra.get("keyfile_dict"):
-            keys = extra["keyfile_dict"]
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as keyfile:
-                keyfile.write(keys if isinstance(keys, str) else json.dumps(keys))
-            os.chmod(keyfile.name, 0o600)
-            token = keyfile.name
-        env["HUBBEAM_GCS_TOKEN"] = token
-    else:
-        raise HubbeamError(f"storage connection type {conn['conn_type']!r} is not supported (aws, google_cloud_platform)")
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        os.environ.update({k: v for k, v in env.items() if v})
-        yield
-    finally:
-        if keyfile is not None:
-            os.unlink(keyfile.name)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -97,9 +97,12 @@ def pipeline_options(beam_args: list[str]):
     # Runner-specific option classes register their flags on import (--flink_master, --spark_master_url, …).
     from apache_beam.runners.portability import flink_runner, spark_runner  # noqa: F401
 
+    from hubbeam import storage
+
     args = list(beam_args)
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         args.append(f"--runner={DEFAULT_RUNNER}")
+    args += storage.beam_arguments(args)
     try:
         options = PipelineOptions(args)
         runner = options.view_as(StandardOptions).runner
@@ -235,7 +238,13 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     from hubbeam.pipeline import output as out
     from hubbeam.pipeline.model import ModelHandle, ModuleSpec
 
+    from apache_beam.io.filesystems import FileSystems
+
+    from hubbeam import storage
+
     options, runner = pipeline_options(list(beam_args))
+    FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
+    storage.configure_beam_gcs()
     files = match_inputs(job.input)
     model = model or ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256))
     loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again

@@ -23,8 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import posixpath
-import shutil
-from pathlib import Path
 
 import numpy as np
 
@@ -97,26 +95,15 @@ def embeddings_table(schema, rows, vectors: np.ndarray, hashes: list[str]):
 
 
 def prepare_output_dir(out_dir: str) -> None:
-    """Before a run: withdraw the old run's _SUCCESS, manifest and report, sweep leftovers of dead runs."""
-    from apache_beam.io.filesystems import FileSystems
+    """Before a run (in the launcher): withdraw the old run's _SUCCESS, manifest and report, sweep leftovers
+    of dead runs (staging folders, Beam's temporary folders)."""
+    from hubbeam import storage
 
     for name in (SUCCESS, MANIFEST, REPORT):
-        path = join(out_dir, name)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-    if FileSystems.get_scheme(out_dir) in (None, "file"):
-        # Beam's local match lists files only; folders of dead runs go as a whole.
-        local = Path(out_dir[len("file://"):] if out_dir.startswith("file://") else out_dir)
-        for leftover in [*local.glob(f"{STAGING_PREFIX}*"), *local.glob("beam-temp-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
-        return
-    for pattern in (f"{STAGING_PREFIX}*/**", "beam-temp-*/**"):
-        try:
-            leftovers = [m.path for m in FileSystems.match([join(out_dir, pattern)])[0].metadata_list]
-        except Exception:  # the folder does not exist yet
-            leftovers = []
-        if leftovers:
-            FileSystems.delete(leftovers)
+        storage.remove(storage.join(out_dir, name))
+    for name in storage.list_dirs(out_dir):
+        if name.startswith((STAGING_PREFIX, "beam-temp-")):
+            storage.remove(storage.join(out_dir, name))
 
 
 def _digest_and_rows(path: str) -> tuple[str, int]:
@@ -138,6 +125,9 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
     """Check the accounting, move the staged shards into place, write the manifest, then _SUCCESS."""
     from apache_beam.io.filesystems import FileSystems
 
+    from hubbeam import storage
+
+    storage.configure_beam_gcs()
     rows_read = sum(n for _, n in input_counts)
     if rows_read != rows_embedded + rows_rejected:
         raise RuntimeError(f"row accounting failed: read {rows_read} != embedded {rows_embedded} + "
@@ -185,7 +175,8 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
     if FileSystems.exists(staging):
         FileSystems.delete([staging])
     _write_text(join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
-    _write_text(join(out_dir, SUCCESS), "")  # last: nothing of this run is left to do
+    # last: nothing of this run is left to do. Not empty: an object store cannot complete a 0-part upload.
+    _write_text(join(out_dir, SUCCESS), json.dumps({"run_id": manifest["run_id"]}) + "\n")
     return manifest
 
 
@@ -230,12 +221,11 @@ def _write_text(path: str, text: str) -> None:
 
 def read_manifest(out_dir: str) -> dict:
     """The manifest of a finished run; refuses a folder without _SUCCESS (unfinished or being replaced)."""
-    from apache_beam.io.filesystems import FileSystems
+    from hubbeam import storage
 
-    if not FileSystems.exists(join(out_dir, SUCCESS)):
+    if not storage.exists(storage.join(out_dir, SUCCESS)):
         raise HubbeamError(f"{out_dir} holds no finished hubbeam run (no {SUCCESS}); it may still be running or have failed")
-    with FileSystems.open(join(out_dir, MANIFEST)) as f:
-        return json.loads(f.read())
+    return json.loads(storage.read_bytes(storage.join(out_dir, MANIFEST)))
 
 
 def read_embeddings(out_dir: str, columns: list[str] | None = None):
@@ -245,13 +235,14 @@ def read_embeddings(out_dir: str, columns: list[str] | None = None):
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
+
+    from hubbeam import storage
 
     manifest = read_manifest(out_dir)
     wanted = ["id", "embedding", *(columns or [])]
     tables = []
     for entry in manifest["outputs"]["embeddings"]:
-        with FileSystems.open(join(out_dir, entry["file"])) as f:
+        with storage.open(storage.join(out_dir, entry["file"])) as f:
             tables.append(pq.read_table(f, columns=wanted))
     dim = manifest["module"]["dim"]
     if not tables:

@@ -21,11 +21,13 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from hubbeam import storage
 from hubbeam.pipeline import rows as R
 from hubbeam.pipeline.model import ModelHandle, ModuleSpec, embed_isolating_failures, take_pending_loads, text_batches
 from hubbeam.pipeline.sources import InputSpec, RowReader
 
 log = logging.getLogger(__name__)
+storage.configure_beam_gcs()  # on every worker process that runs hubbeam's steps, before they touch gs://
 progress = logging.getLogger("hubbeam.progress")
 
 REJECTED = "rejected"
