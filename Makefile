@@ -48,6 +48,7 @@ airflow: $(STAMP)
 
 test: $(STAMP)
 	bash .ci/ensure-chromium
+	bash .ci/ensure-postgresql
 	$(BIN)/python -m pytest -m "not long" tests
 
 test-long: $(STAMP)
