@@ -1,10 +1,13 @@
-"""The scheduled path for real: api-server, scheduler and dag-processor on 127.0.0.1 (LocalExecutor, SQLite).
+"""The scheduled path for real, in the deployed configuration: api-server, scheduler and dag-processor on
+127.0.0.1 (LocalExecutor, SQLite for Airflow's own metadata), the data root on S3 (moto) and the corpus in a real
+PostgreSQL 15, set as the docker stack sets them (HUBBEAM_DATA_ROOT=s3://…, AIRFLOW_CONN_HUBBEAM_CORPUS_DB=
+postgresql://…).
 
 corpus_extraction is triggered through the REST API; embed_corpus must then run because of the
 `hubbeam_corpus` asset event (run_type asset_triggered), embed the new snapshot with a tiny real module and
-emit `hubbeam_embeddings`. Everything lives in a throw-away AIRFLOW_HOME and data root; the Airflow processes
-(and whatever they started) are always stopped at teardown, and the tails of their logs are printed when
-something fails.
+emit `hubbeam_embeddings`. Everything lives in a throw-away AIRFLOW_HOME, database and bucket prefix; the
+Airflow processes (and whatever they started) are always stopped at teardown, and the tails of their logs are
+printed when something fails.
 """
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
+
+from hubbeam import storage
+from tests.servers import S3_BUCKET
+
+pytest_plugins = ["tests.servers", "tests.postgres"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -51,7 +59,7 @@ def _tail(path: Path, lines: int = 60) -> str:
 class AirflowStack:
     """The running Airflow processes, their logs and a tiny REST client (all-admins simple auth manager)."""
 
-    def __init__(self, home: Path, data_root: Path, port: int, env: dict):
+    def __init__(self, home: Path, data_root: str, port: int, env: dict):
         import httpx
 
         self.home, self.data_root, self.env = home, data_root, env
@@ -66,6 +74,12 @@ class AirflowStack:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env,
                                                 cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def credentials(self):
+        """This process's storage calls, pointed where the stack's are (without touching os.environ)."""
+        return storage.use_credentials(storage.Credentials.from_connection(
+            "aws", self.env["AWS_ACCESS_KEY_ID"], self.env["AWS_SECRET_ACCESS_KEY"],
+            {"endpoint_url": self.env["HUBBEAM_S3_ENDPOINT_URL"], "region_name": "us-east-1"}))
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -116,7 +130,7 @@ class AirflowStack:
                 child.kill()
 
 
-def _environment(home: Path, data_root: Path, port: int, module: Path, db: Path) -> dict:
+def _environment(home: Path, data_root: str, port: int, module: Path, db_url: str, s3_endpoint: str) -> dict:
     base_url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HUBBEAM_"))}
     env.update({
@@ -138,10 +152,15 @@ def _environment(home: Path, data_root: Path, port: int, module: Path, db: Path)
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        "HUBBEAM_DATA_ROOT": str(data_root),
+        "HUBBEAM_DATA_ROOT": data_root,
+        "HUBBEAM_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
         "HUBBEAM_EMBED_MODULE": str(module),  # embed_corpus's default `module` Param, read at parse time
         "HUBBEAM_CACHE_DIR": str(home / "hubbeam-cache"),
-        "AIRFLOW_CONN_HUBBEAM_CORPUS_DB": json.dumps({"conn_type": "sqlite", "host": str(db)}),
+        "AIRFLOW_CONN_HUBBEAM_CORPUS_DB": db_url,
         "TF_USE_LEGACY_KERAS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PYTHONUNBUFFERED": "1",
@@ -150,20 +169,23 @@ def _environment(home: Path, data_root: Path, port: int, module: Path, db: Path)
 
 
 @pytest.fixture(scope="module")
-def airflow_stack(tmp_path_factory, tiny_wordvec_module):
+def airflow_stack(tmp_path_factory, tiny_wordvec_module, _hub_moto, postgres_server):
     from hubbeam.orchestration.corpus import create_sample_database
     from hubbeam.samples import write_digit_images
 
     home = tmp_path_factory.mktemp("airflow-scheduled")
-    data_root = home / "data"
-    db = data_root / "corpus.db"
-    create_sample_database(str(db), rows=CORPUS_ROWS, updated_at="2026-01-01 00:00:00")
-    old = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-    for path in write_digit_images(data_root / "incoming" / "images", count=IMAGES):  # the default image_source
-        os.utime(path, (old, old))
-
+    data_root = f"s3://{S3_BUCKET}/scheduled-{secrets.token_hex(4)}"
+    db_url = postgres_server.create_database().url(driver="")  # postgresql://…, as users write it
+    create_sample_database(db_url, rows=CORPUS_ROWS, updated_at="2026-01-01 00:00:00")
     port = _free_port()
-    stack = AirflowStack(home, data_root, port, _environment(home, data_root, port, tiny_wordvec_module, db))
+    stack = AirflowStack(home, data_root, port,
+                         _environment(home, data_root, port, tiny_wordvec_module, db_url, _hub_moto))
+    with storage.use_credentials(storage.Credentials.from_connection(
+            "aws", "testing", "testing", {"endpoint_url": _hub_moto, "region_name": "us-east-1"})):
+        # The default image_source. On a store an image's modification time is its upload: now, after the
+        # interval the test triggers, so these wait for the next interval.
+        for path in write_digit_images(home / "images", count=IMAGES):
+            storage.put_file(path, storage.join(data_root, "incoming", "images", path.name))
     migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=stack.env, cwd=home,
                              capture_output=True, text=True, timeout=300)
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
@@ -252,25 +274,33 @@ def _scheduled_path(stack: AirflowStack) -> None:
     assert embed["triggered_by"] == "asset"
     assert all(r["run_type"] == "asset_triggered" for r in _runs(stack, "embed_corpus"))
 
-    # The corpus snapshot the triggered run wrote.
-    [snapshot_dir] = [p for p in (stack.data_root / "corpus").iterdir() if p.is_dir()]
-    assert (snapshot_dir / "_SUCCESS").exists()
-    snapshot = json.loads((snapshot_dir / "manifest.json").read_text())
+    with stack.credentials():
+        _check_outputs(stack, extraction, embed)
+
+
+def _check_outputs(stack: AirflowStack, extraction: dict, embed: dict) -> None:
+    # The corpus snapshot the triggered run wrote, on S3, from PostgreSQL.
+    corpus = storage.join(stack.data_root, "corpus")
+    [snapshot_name] = storage.list_dirs(corpus)
+    assert storage.exists(storage.join(corpus, snapshot_name, "_SUCCESS"))
+    snapshot = storage.read_json(storage.join(corpus, snapshot_name, "manifest.json"))
     end = dt.datetime.fromisoformat(extraction["next_dagrun_data_interval_end"].replace("Z", "+00:00"))
-    assert snapshot["snapshot"] == snapshot_dir.name == f"beginning_{end:%Y%m%dT%H%M%SZ}"
-    assert snapshot["rows"]["images"] == IMAGES
+    assert snapshot["snapshot"] == snapshot_name == f"beginning_{end:%Y%m%dT%H%M%SZ}"
+    assert snapshot["rows"]["images"] == 0  # uploaded after the interval's end: left for the next one
     assert 0 < snapshot["rows"]["text"] <= CORPUS_ROWS
     assert snapshot["rows"]["text"] + snapshot["parts"]["text"]["duplicates_dropped"] == CORPUS_ROWS
 
     # What embed_corpus made of it, keyed by the module's digest (a text module: text only).
-    [output] = list((stack.data_root / "embeddings").glob(f"wordvec-*/{snapshot_dir.name}/text"))
-    assert (output / "_SUCCESS").exists()
-    manifest = json.loads((output / "manifest.json").read_text())
+    embeddings = storage.join(stack.data_root, "embeddings")
+    [folder] = [f for f in storage.list_dirs(embeddings) if f.startswith("wordvec-")]
+    output = storage.join(embeddings, folder, snapshot_name, "text")
+    assert storage.exists(storage.join(output, "_SUCCESS"))
+    manifest = storage.read_json(storage.join(output, "manifest.json"))
     assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"]
     assert manifest["rows_embedded"] == snapshot["rows"]["text"] and manifest["rows_rejected"] == 0
     from hubbeam.pipeline.output import read_embeddings
 
-    ids, vectors = read_embeddings(str(output))
+    ids, vectors = read_embeddings(output)
     assert len(ids) == vectors.shape[0] == manifest["rows_embedded"] and vectors.shape[1] == 4
 
     # The asset events: the corpus event came from our run and created the embed run; embed emitted its own.
@@ -278,7 +308,7 @@ def _scheduled_path(stack: AirflowStack) -> None:
         "asset_events"]
     assert corpus_event["name"] == "hubbeam_corpus" and corpus_event["source_run_id"] == RUN_ID
     assert corpus_event["source_task_id"] == "finish_snapshot"
-    assert corpus_event["extra"]["snapshot"] == snapshot_dir.name
+    assert corpus_event["extra"]["snapshot"] == snapshot_name
     assert embed["dag_run_id"] in [r["run_id"] for r in corpus_event["created_dagruns"]]
     upstream = stack.api("GET", f"dags/embed_corpus/dagRuns/{embed['dag_run_id']}/upstreamAssetEvents").json()
     assert [e["id"] for e in upstream["asset_events"]] == [corpus_event["id"]]
