@@ -46,6 +46,8 @@ with DAG(
         "embeddings_root": Param(layout.embeddings_root(), type="string", minLength=1),
         "runner": Param("FnApiRunner", enum=support.RUNNERS),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
+        "allow_unsafe_ops": Param(False, type="boolean", description="run a module whose serving functions "
+                                  "read or write files (see `hubbeam inspect`); recorded in each manifest"),
         "beam_options": Param({}, type="object", description="extra Beam pipeline options, e.g. "
                               '{"direct_running_mode": "multi_processing", "direct_num_workers": 2}'),
     },
@@ -54,18 +56,16 @@ with DAG(
 
     @task
     def plan(params=None) -> list[dict]:
-        from hubbeam.errors import HubbeamError
-        from hubbeam.orchestration.embedding import plan_embedding
+        from hubbeam.orchestration.embedding import plan_embedding, plan_explicit
 
-        options = {"runner": params["runner"], "batch_size": params["batch_size"], **params["beam_options"]}
+        options = {"runner": params["runner"], "batch_size": params["batch_size"],
+                   "allow_unsafe_ops": params["allow_unsafe_ops"], **params["beam_options"]}
         for key in ("signature", "output_key"):
             if params[key]:
                 options[key] = params[key]
         with support.fail_fast():
             if params["input"]:
-                if not params["output"]:
-                    raise HubbeamError("an explicit input needs an output folder (param 'output')")
-                return [{**options, "input": params["input"], "output": params["output"], "module": params["module"]}]
+                return plan_explicit(params["input"], params["output"], params["module"], options)
             return plan_embedding(params["corpus_root"], params["embeddings_root"], params["module"],
                                   params["input_kind"], options)
 

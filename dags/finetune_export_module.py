@@ -37,6 +37,8 @@ with DAG(
                       description="published name; empty: BASE-finetuned"),
         "module_store": Param(layout.modules_root(), type="string", minLength=1,
                               description="where modules are published: folder, file://, s3://, gs://"),
+        "allow_unsafe_ops": Param(False, type="boolean", description="fine-tune a module whose serving functions "
+                                  "read or write files (see `hubbeam inspect`)"),
         "storage_conn_id": Param("", type="string",
                                  description="Airflow connection (aws / google_cloud_platform) for the store"),
     },
@@ -64,7 +66,8 @@ with DAG(
             result = run_finetune(params["base_module"], params["train"], params["label_column"], out,
                                   eval_file=params["eval"] or None, text_column=params["text_column"],
                                   image_column=params["image_column"], epochs=params["epochs"],
-                                  name=params["name"] or None, version=_version())
+                                  name=params["name"] or None, version=_version(),
+                                  allow_unsafe_ops=params["allow_unsafe_ops"])
         return result.report
 
     @task.short_circuit

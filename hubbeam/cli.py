@@ -11,6 +11,7 @@ import sys
 
 from hubbeam import __version__
 from hubbeam.errors import HubbeamError
+from hubbeam.pipeline.job import ALLOW_UNSAFE_OPS_HELP
 
 
 def _cmd_resolve(args) -> int:
@@ -51,7 +52,8 @@ def _cmd_encode(args) -> int:
 
     from hubbeam.hub.loader import load
 
-    embedder = load(args.module, signature=args.signature, output_key=args.output_key)
+    embedder = load(args.module, signature=args.signature, output_key=args.output_key,
+                    allow_unsafe_ops=args.allow_unsafe_ops)
     if args.image:
         if embedder.input_kind != "image":
             raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not images")
@@ -133,7 +135,8 @@ def _cmd_finetune(args) -> int:
     result = finetune(args.module, args.train, args.label_column, args.out, eval_file=args.eval,
                       text_column=args.text_column, image_column=args.image_column, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                      eval_fraction=args.eval_fraction, name=args.name, version=args.module_version)
+                      eval_fraction=args.eval_fraction, name=args.name, version=args.module_version,
+                      allow_unsafe_ops=args.allow_unsafe_ops)
     print(json.dumps(result.report, indent=2))
     return 0
 
@@ -216,6 +219,7 @@ def _add_module_commands(sub, handle_help: str) -> None:
     p.add_argument("--eval-fraction", type=float, default=0.2, help="share held out without --eval (default: 0.2)")
     p.add_argument("--name", help="name of the new module (default: BASE-finetuned)")
     p.add_argument("--version", dest="module_version", metavar="VERSION", help="version of the new module (default: 1)")
+    p.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(
@@ -271,7 +275,8 @@ def _cmd_search(args) -> int:
     if not args.query and not args.image:
         raise HubbeamError("give a text query, or --image PATH for an image module")
     results = search(args.embeddings, args.module, query=args.query, image=args.image, k=args.k,
-                     id_column=args.id_column, text_column=args.text_column, image_column=args.image_column)
+                     id_column=args.id_column, text_column=args.text_column, image_column=args.image_column,
+                     allow_unsafe_ops=args.allow_unsafe_ops)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -312,6 +317,7 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
     p.add_argument("--image", metavar="PATH", help="an image file to search for (image modules)")
     p.add_argument("-k", type=int, default=10, help="how many rows to show (default: 10)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     source_columns(p)
     p.set_defaults(func=_cmd_search)
 
@@ -386,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-key", help="named output to return (default: 'default')")
     p.add_argument("--image", nargs="+", metavar="FILE", help="image files instead of text")
     p.add_argument("--json", action="store_true", help="print the embeddings as JSON")
+    p.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     p.add_argument("text", nargs="*", help="sentences to embed")
     p.set_defaults(func=_cmd_encode)
 

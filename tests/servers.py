@@ -115,12 +115,13 @@ def embed(handle: str, **kwargs):
 @dataclass
 class Route:
     body: bytes = b""
-    mode: str = "ok"  # ok | truncated | slow | stall | status
+    mode: str = "ok"  # ok | truncated | slow | stall | status | redirect (302 to location)
     status: int = 200
     chunks: int = 20  # slow: number of chunks
     delay: float = 0.2  # slow: seconds between chunks; stall: seconds of silence after half the body
     hold_first: threading.Event | None = None  # slow: the first GET pauses after its first chunk until set
     started: threading.Event = field(default_factory=threading.Event)  # set once body bytes went out
+    location: str = ""  # redirect: where to
 
 
 class HubHTTPServer(http.server.ThreadingHTTPServer):
@@ -178,6 +179,11 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
                 self._send_status(404, b"not found\n")
             elif route.mode == "status":
                 self._send_status(route.status, b"error\n")
+            elif route.mode == "redirect":
+                self.send_response(302)
+                self.send_header("Location", route.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif route.mode == "truncated":
                 self.send_response(200)
                 self.send_header("Content-Type", "application/gzip")

@@ -249,6 +249,22 @@ def test_airflow_environment_presets_connections_and_storage(services):
     assert "hubbeam-data" in env_of(services, "hubbeam-init")["HUBBEAM_GCS_BUCKETS"].split(",")
 
 
+def test_module_sources_are_allow_listed_to_the_stacks_own(services, monkeypatch):
+    """The DAGs take module handles from a run's conf: the stack only loads its own modules and stores."""
+    from hubbeam.hub.allowlist import SourceNotAllowedError, check_allowed
+
+    for name in IMAGE_SERVICES:
+        env = env_of(services, name)
+        monkeypatch.setenv("HUBBEAM_ALLOWED_SOURCES", env["HUBBEAM_ALLOWED_SOURCES"])
+        check_allowed(env["HUBBEAM_EMBED_MODULE"])  # the default embed module, baked into the image
+        check_allowed("/opt/hubbeam/modules/digits")  # the default base module for fine-tuning
+        check_allowed(f"{env['HUBBEAM_DATA_ROOT']}/modules/digits-finetuned/20261129/saved_model")  # published
+        for outside in ("https://tfhub.dev/google/universal-sentence-encoder/4", "s3://hubbeam-data/corpus",
+                        "/tmp/module", "/opt/hubbeam/modules/../../../tmp/module"):
+            with pytest.raises(SourceNotAllowedError):
+                check_allowed(outside)
+
+
 def test_the_embed_module_is_the_one_the_image_builds(services):
     module = env_of(services, "airflow-worker")["HUBBEAM_EMBED_MODULE"]
     runs = " ".join(args for instruction, args in dockerfile_instructions() if instruction == "RUN")

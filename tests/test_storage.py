@@ -133,6 +133,7 @@ ALLOWED = {
     # module -> what it may do itself
     "hubbeam/storage.py": {"fsspec", "scheme-branch"},
     "hubbeam/hub/handles.py": {"scheme-branch"},  # parses module handles (https:// too), then hands them on
+    "hubbeam/hub/allowlist.py": {"scheme-branch"},  # compares handles (https:// too) with the allowed sources
     # SQLAlchemy URLs of the corpus database (sqlite:///…, postgresql://…), not storage locations:
     "hubbeam/orchestration/airflow_support.py": {"scheme-branch"},
     "hubbeam/orchestration/corpus.py": {"scheme-branch"},

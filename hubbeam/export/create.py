@@ -230,7 +230,8 @@ def _saved_model_source(path: Path, provenance: dict) -> _Source:
     from hubbeam.hub.resolver import ResolvedModule
 
     tf = tfenv.tensorflow()
-    obj = load_object(ResolvedModule(str(path), path))
+    # The user's own model, exported by the user: the module it becomes is audited wherever it is loaded.
+    obj = load_object(ResolvedModule(str(path), path), allow_unsafe_ops=True)
     functions = module_functions(obj)
     reusable = all(hasattr(obj, a) for a in ("variables", "trainable_variables", "regularization_losses"))
     found = _unique(d for d in tf.train.TrackableView(obj).descendants() if isinstance(d, tf.Variable))

@@ -187,12 +187,12 @@ def _check_classes(labels: list, label_column: str, path: Path) -> list:
 
 # --- the module ---------------------------------------------------------------------------------------------------
 
-def _load_trainable(resolved):
+def _load_trainable(resolved, allow_unsafe_ops: bool = False):
     """(loaded object, input spec of __call__, output key for a dict-valued __call__) of a resolved module."""
     from hubbeam.export.contract import ATTRIBUTES, call_traces
     from hubbeam.hub.loader import load_object
 
-    obj = load_object(resolved)
+    obj = load_object(resolved, allow_unsafe_ops=allow_unsafe_ops)
     trainings, spec = call_traces(obj)
     missing = [a for a in ATTRIBUTES if not hasattr(obj, a)]
     if missing or trainings != {False, True} or spec is None:
@@ -295,7 +295,7 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
              epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
              learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 0,
              eval_fraction: float = DEFAULT_EVAL_FRACTION, name: str | None = None,
-             version: str | None = None) -> FinetuneResult:
+             version: str | None = None, allow_unsafe_ops: bool = False) -> FinetuneResult:
     """Fine-tune `module` on `train` and export the encoder into out_dir; see the module docstring."""
     from hubbeam.export.create import check_name
 
@@ -330,7 +330,7 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
     hub = tfenv.tensorflow_hub_and_text()
     import tf_keras
 
-    obj, spec, output_key = _load_trainable(resolved)
+    obj, spec, output_key = _load_trainable(resolved, allow_unsafe_ops)
     module_kind = _input_kind(spec)
     if module_kind is None:
         raise HubbeamError(f"{resolved.handle} takes {spec.dtype.name} {spec.shape}; fine-tuning supports text "

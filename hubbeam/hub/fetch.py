@@ -11,10 +11,12 @@ import hashlib
 import logging
 import random
 import time
+import urllib.parse
 from pathlib import Path
 
 from hubbeam import storage
 from hubbeam.errors import FetchError, IntegrityError, StorageError
+from hubbeam.hub.allowlist import check_allowed
 from hubbeam.hub.archive import max_extract_bytes
 from hubbeam.hub.handles import Handle
 
@@ -67,7 +69,7 @@ def _fetch_http(handle: Handle, dest: Path) -> str:
         if attempt:
             _backoff(attempt - 1)
         try:
-            with requests.get(handle.location, stream=True, timeout=storage.timeouts(), allow_redirects=True) as response:
+            with _get_following_allowed_redirects(handle) as response:
                 if response.status_code in _RETRY_STATUS:
                     last_error = f"HTTP {response.status_code} {response.reason}"
                     continue
@@ -92,6 +94,26 @@ def _fetch_http(handle: Handle, dest: Path) -> str:
             # e.g. ProtocolError(IncompleteRead) on a body shorter than its Content-Length
             last_error = f"download interrupted ({_root_cause(exc)})"
     raise FetchError(f"could not download {handle.display}: {last_error} after {HTTP_ATTEMPTS} attempts")
+
+
+MAX_REDIRECTS = 10
+
+
+def _get_following_allowed_redirects(handle: Handle):
+    """GET the handle's URL, following redirects one hop at a time so that each target is checked against the
+    allowed sources before it is requested (requests' own following would fetch it first)."""
+    import requests
+
+    url = handle.location
+    for _ in range(MAX_REDIRECTS + 1):
+        response = requests.get(url, stream=True, timeout=storage.timeouts(), allow_redirects=False)
+        if not response.is_redirect:
+            return response
+        target = urllib.parse.urljoin(url, response.headers["Location"])
+        response.close()
+        check_allowed(target, what=f"redirect of {handle.display} to")
+        url = target
+    raise FetchError(f"could not download {handle.display}: more than {MAX_REDIRECTS} redirects")
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -8,8 +8,11 @@ from hubbeam.hub.resolver import resolve_module
 
 def inspect_module(handle: str, sha256: str | None = None) -> dict:
     """A JSON-ready description of the module behind handle."""
+    from hubbeam.hub.audit import audit_module
+
     resolved = resolve_module(handle, sha256=sha256)
-    obj = load_object(resolved)
+    audit = audit_module(resolved.path)
+    obj = load_object(resolved, allow_unsafe_ops=True)  # describing runs no serving function
     signatures = {}
     for name, fn in sorted(module_functions(obj).items()):
         inputs, outputs = signature_io(fn)
@@ -37,6 +40,8 @@ def inspect_module(handle: str, sha256: str | None = None) -> dict:
         "default": default,
         "variables": {"count": len(variables), "parameters": _count(variables)},
         "trainable_variables": {"count": len(trainable), "parameters": _count(trainable)},
+        "ops": audit.as_dict(),
+        "unsafe_ops": {name: list(ops) for name, ops in sorted(audit.unsafe.items())},
         "metadata_file": METADATA_PATH if read_metadata(resolved.path) is not None else None,
         "metadata": read_metadata(resolved.path),
     }
@@ -69,6 +74,12 @@ def format_report(info: dict) -> str:
             for t in sig[kind]:
                 shape = "?" if t["shape"] is None else "[" + ", ".join("None" if d is None else str(d) for d in t["shape"]) + "]"
                 lines.append(f"    {kind[:-1]:<6} {t['name']:<18} {t['dtype']:<8} {shape}")
+    lines.append("reaches     (ops beyond math, per serving function; a module is code)")
+    for name, ops in info["ops"].items():
+        found = [f"{label}: {', '.join(ops[key])}" for key, label in
+                 (("file_ops", "FILE"), ("py_ops", "PYTHON"), ("custom_ops", "custom ops")) if ops[key]]
+        refused = "  <- refused by default (--allow-unsafe-ops)" if name in info["unsafe_ops"] else ""
+        lines.append(f"  {name:<16} {'; '.join(found) or 'nothing outside the model'}{refused}")
     if info["metadata"] is not None:
         lines.append(f"metadata   ({info['metadata_file']})")
         for key, value in sorted(info["metadata"].items()):

@@ -184,8 +184,15 @@ def _shape(shape) -> str:
     return "[" + ", ".join("None" if d is None else str(d) for d in shape.as_list()) + "]" if shape.rank is not None else "unknown"
 
 
-def load_object(resolved: ResolvedModule):
-    """hub.load the resolved folder, turning TensorFlow's failures into a one-line error."""
+def load_object(resolved: ResolvedModule, *, allow_unsafe_ops: bool = False):
+    """hub.load the resolved folder, turning TensorFlow's failures into a one-line error.
+
+    First the module's graphs are audited (hubbeam.hub.audit): one whose serving functions touch files is
+    refused before any of it runs, unless allow_unsafe_ops.
+    """
+    from hubbeam.hub.audit import check_module
+
+    check_module(resolved.path, resolved.handle, allow_unsafe_ops)
     hub = tfenv.tensorflow_hub_and_text()
     try:
         return hub.load(str(resolved.path))
@@ -195,7 +202,11 @@ def load_object(resolved: ResolvedModule):
 
 
 def load(handle: str, signature: str | None = None, output_key: str | None = None, *, as_dict: bool = False,
-         sha256: str | None = None) -> Embedder:
-    """Resolve handle (fetching and verifying into the cache if needed) and load it as an Embedder."""
+         sha256: str | None = None, allow_unsafe_ops: bool = False) -> Embedder:
+    """Resolve handle (fetching and verifying into the cache if needed) and load it as an Embedder.
+
+    A module whose serving functions touch files is refused unless allow_unsafe_ops (see hubbeam.hub.audit).
+    """
     resolved = resolve_module(handle, sha256=sha256)
-    return Embedder(resolved, load_object(resolved), signature, output_key, as_dict=as_dict)
+    return Embedder(resolved, load_object(resolved, allow_unsafe_ops=allow_unsafe_ops), signature, output_key,
+                    as_dict=as_dict)

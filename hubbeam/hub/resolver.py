@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hubbeam.errors import IntegrityError, ModuleFormatError
 from hubbeam.hub import archive, fetch
+from hubbeam.hub.allowlist import check_allowed
 from hubbeam.hub.cache import MARKER, CacheEntry
 from hubbeam.hub.digest import file_sha256, tree_sha256
 from hubbeam.hub.handles import Handle, parse_handle
@@ -44,6 +45,7 @@ def resolve(handle: str, sha256: str | None = None) -> str:
 
 def resolve_module(handle: str, sha256: str | None = None) -> ResolvedModule:
     parsed = parse_handle(handle, sha256)
+    check_allowed(parsed.location)  # before the cache, before any request: an allow-list, if one is set
     if parsed.kind == "local_dir":
         return _resolve_local_dir(parsed)
     entry = CacheEntry.for_location(parsed.location)

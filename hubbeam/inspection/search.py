@@ -28,7 +28,7 @@ def check_module(output: EmbeddingsOutput, handle: str, sha256: str) -> None:
             f"the module the run used, or embed again with this one")
 
 
-def query_embedder(output: EmbeddingsOutput, module):
+def query_embedder(output: EmbeddingsOutput, module, allow_unsafe_ops: bool = False):
     """An Embedder for the output's module, signature and output key; module: a handle or a loaded Embedder."""
     used = output.module
     if hasattr(module, "module_sha256"):  # already loaded (notebooks: load once, search many times)
@@ -42,7 +42,8 @@ def query_embedder(output: EmbeddingsOutput, module):
 
     resolved = resolve_module(str(module))
     check_module(output, resolved.handle, resolved.sha256)  # before TensorFlow is loaded
-    return Embedder(resolved, load_object(resolved), used["signature"], used["output_key"])
+    return Embedder(resolved, load_object(resolved, allow_unsafe_ops=allow_unsafe_ops), used["signature"],
+                    used["output_key"])
 
 
 def embed_query(embedder, query: str | None = None, image: str | None = None) -> np.ndarray:
@@ -74,18 +75,19 @@ def embed_query(embedder, query: str | None = None, image: str | None = None) ->
 
 def search(embeddings_dir, module, query: str | None = None, image: str | None = None, k: int = 10, *,
            id_column: str = "id", text_column: str = "text", image_column: str = "image",
-           snippet_chars: int = 200) -> list[dict]:
+           snippet_chars: int = 200, allow_unsafe_ops: bool = False) -> list[dict]:
     """The k rows of a finished run nearest by cosine to a text query or an image file.
 
     module: the handle the run used (checked by digest) or an Embedder already loaded from it.
     Returns dicts with id, score (cosine), source and snippet: the row's text (from a pass-through `text`
     column, else re-read from its source file), the image file's path for image runs, or None.
     id_column / text_column / image_column: how the source files name them, if not the defaults.
+    allow_unsafe_ops: load the module even if its serving functions touch files (hubbeam.hub.audit).
     """
     if k < 1:
         raise HubbeamError("k must be at least 1")
     output = EmbeddingsOutput(str(embeddings_dir))
-    embedder = query_embedder(output, module)
+    embedder = query_embedder(output, module, allow_unsafe_ops)
     [hits] = nearest(output, embed_query(embedder, query=query, image=image), k)
     values = {}
     if output.kind == "text":

@@ -43,6 +43,17 @@ def plan_embedding(corpus_root: str, embeddings_root: str, module: str, input_ki
     return plan
 
 
+def plan_explicit(input_glob: str, output: str, module: str, options: dict | None = None) -> list[dict]:
+    """The one run for an explicit input and output; the module is resolved first (a bad or disallowed handle
+    fails here, before a Beam job starts)."""
+    from hubbeam.hub.resolver import resolve_module
+
+    if not output:
+        raise HubbeamError("an explicit input needs an output folder (param 'output')")
+    resolve_module(module)
+    return [{**(options or {}), "input": input_glob, "output": output, "module": module}]
+
+
 def check_outputs(outputs: list[str]) -> dict:
     """Each output finished (_SUCCESS) and accounted for (read == embedded + rejected); totals."""
     from hubbeam.pipeline.output import read_manifest

@@ -21,6 +21,8 @@ from hubbeam.pipeline.sources import FORMATS, InputSpec, file_format_error, matc
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"
+ALLOW_UNSAFE_OPS_HELP = ("load the module even if its serving functions read or write files or run Python "
+                         "(see `hubbeam inspect`): only for a module you trust")
 EMBEDDED = ""  # the outcome tally's key for embedded rows; every other key is a rejection reason
 _PARQUET_TYPE_ALIASES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
                          "float32", "float64", "bool", "string", "large_string", "date32", "binary"}
@@ -47,6 +49,7 @@ class EmbedJob:
     float16: bool = False
     num_shards: int = 0
     parquet_codec: str = "snappy"
+    allow_unsafe_ops: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("float16", action="store_true", help="store embeddings as float16")
     option("num-shards", type=int, default=0, help="output shards (default: runner decides)")
     option("parquet-codec", default="snappy", help="Parquet compression (default: snappy)")
+    option("allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP + " (recorded in the manifest)")
 
 
 def job_from_args(args: argparse.Namespace) -> EmbedJob:
@@ -88,7 +92,7 @@ def job_from_args(args: argparse.Namespace) -> EmbedJob:
         keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()], signature=args.signature,
         output_key=args.output_key, sha256=args.sha256, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
         max_text_chars=args.max_text_chars, float16=args.float16, num_shards=args.num_shards,
-        parquet_codec=args.parquet_codec,
+        parquet_codec=args.parquet_codec, allow_unsafe_ops=args.allow_unsafe_ops,
     )
 
 
@@ -212,7 +216,8 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
         "input": job.input,
         "module": {"handle": embedder.handle, "sha256": embedder.module_sha256, "signature": embedder.signature,
                    "output_key": embedder.output_key, "dim": embedder.dim, "input_kind": kind,
-                   "image_size": list(embedder.image_size) if embedder.image_size else None},
+                   "image_size": list(embedder.image_size) if embedder.image_size else None,
+                   "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(embedder)},
         "dtype": provenance["dtype"],
         "batch_size": job.batch_size,
     }
@@ -226,6 +231,13 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
      | "Once" >> beam.Create([None])
      | "Finalize" >> beam.Map(finalize, AsList(embedding_files), AsList(rejected_files), AsList(read[INPUT_COUNTS]),
                               AsDict(tally)))
+
+
+def _unsafe_ops(embedder) -> dict[str, list[str]]:
+    """What the audit found and --allow-unsafe-ops let through, per serving function (provenance)."""
+    from hubbeam.hub.audit import audit_module
+
+    return {name: list(ops) for name, ops in sorted(audit_module(embedder.path).unsafe.items())}
 
 
 def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
@@ -246,7 +258,8 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
     storage.configure_beam_gcs()
     files = match_inputs(job.input)
-    model = model or ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256))
+    model = model or ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256,
+                                            job.allow_unsafe_ops))
     loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again
     embedder = loaded.embedder
     kind = embedder.input_kind

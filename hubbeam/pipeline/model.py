@@ -6,6 +6,8 @@ One module is loaded per worker *process* and shared by its threads and DoFn ins
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import threading
 import time
@@ -27,12 +29,13 @@ class ModuleSpec:
     signature: str | None = None
     output_key: str | None = None
     sha256: str | None = None
+    allow_unsafe_ops: bool = False  # load even if its serving functions touch files (hubbeam.hub.audit)
 
     @property
     def tag(self) -> str:
         # The pin is left out: it only verifies content, so a pinned and an unpinned spec of one handle
         # share the model a process already loaded (the launcher's, for in-process runners).
-        return f"{self.handle}|{self.signature}|{self.output_key}"
+        return f"{self.handle}|{self.signature}|{self.output_key}|{self.allow_unsafe_ops}"
 
 
 class LoadedModule:
@@ -43,7 +46,8 @@ class LoadedModule:
         from hubbeam.hub.loader import load
 
         started = time.monotonic()
-        self.embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256)
+        self.embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256,
+                             allow_unsafe_ops=spec.allow_unsafe_ops)
         self.load_seconds = time.monotonic() - started
         with _pending_lock:
             _pending_loads += 1
@@ -76,7 +80,7 @@ class ModelHandle:
     def pinned(self, sha256: str) -> "ModelHandle":
         """The same process-wide model, with workers elsewhere pinned to exactly this content."""
         other = ModelHandle.__new__(ModelHandle)
-        other.spec = ModuleSpec(self.spec.handle, self.spec.signature, self.spec.output_key, sha256)
+        other.spec = dataclasses.replace(self.spec, sha256=sha256)
         other._shared = self._shared
         return other
 
