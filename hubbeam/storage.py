@@ -59,7 +59,7 @@ class Credentials:
     s3_secret: str | None = field(default=None, repr=False)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
-    gcs_token: object = field(default=None, repr=False)  # service-account JSON path or dict, "anon", …
+    gcs_token: str | None = field(default=None, repr=False)  # a service-account key file, its JSON text, "anon"
 
     @classmethod
     def from_connection(cls, conn_type: str, login: str | None, password: str | None, extra: dict | str | None):
@@ -71,8 +71,8 @@ class Credentials:
                        s3_endpoint_url=extra.get("endpoint_url"), s3_region=extra.get("region_name"))
         if conn_type in ("google_cloud_platform", "gcp"):
             keys = extra.get("keyfile_dict")
-            if isinstance(keys, str):
-                keys = json.loads(keys)
+            if keys and not isinstance(keys, str):
+                keys = json.dumps(keys, sort_keys=True)  # text: the credentials stay hashable (a cache key)
             return cls(gcs_token=extra.get("key_path") or keys or None)
         raise HubbeamError(f"storage connection type {conn_type!r} is not supported (aws, google_cloud_platform)")
 
@@ -225,6 +225,8 @@ def _new_filesystem(scheme: str, credentials: Credentials | None):
     if scheme == "gs":
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         token = credentials.gcs_token or os.environ.get("HUBBEAM_GCS_TOKEN") or ("anon" if emulator else None)
+        if token and token.lstrip().startswith("{"):
+            token = json.loads(token)  # a key's JSON text: gcsfs takes the parsed key
         kwargs = dict(skip_instance_cache=True, use_listings_cache=False, token=token, requests_timeout=read)
         if emulator:
             # gcsfs's default class first asks the gRPC Storage Control API for the bucket's layout; emulators
@@ -356,39 +358,31 @@ def open(url: str | Location, mode: str = "rb"):  # noqa: A001 - the storage ver
         return filesystem(loc).open(loc.path, mode)
 
 
-def find(url: str | Location) -> dict[str, int]:
-    """Relative name -> size of every file under url (none if it does not exist), sorted by name."""
-    loc = location(url)
-    fs = filesystem(loc)
+def _files(loc: Location) -> dict[str, dict]:
+    """Relative name -> fsspec info (size, modification time, …) of every file under loc, sorted by name."""
     with errors(f"cannot list {loc}"):
         try:
-            found = fs.find(loc.path, detail=True)
+            found = filesystem(loc).find(loc.path, detail=True)
         except FileNotFoundError:
             return {}
     prefix = loc.path.rstrip("/")
     out = {}
     for name, info in sorted(found.items()):
-        if info.get("type", "file") != "file":
-            continue
         rel = posixpath.relpath(name.rstrip("/"), prefix)
-        if rel == "." or rel.startswith("../") or rel == "..":
-            continue
-        out[rel] = int(info.get("size") or 0)
+        if info.get("type", "file") == "file" and rel != "." and rel != ".." and not rel.startswith("../"):
+            out[rel] = info
     return out
+
+
+def find(url: str | Location) -> dict[str, int]:
+    """Relative name -> size of every file under url (none if it does not exist), sorted by name."""
+    return {rel: int(info.get("size") or 0) for rel, info in _files(location(url)).items()}
 
 
 def list_files(url: str | Location) -> dict[str, dict]:
     """Full URL -> fsspec info (size, modification time, …) of every file under url, sorted."""
     loc = location(url)
-    fs = filesystem(loc)
-    with errors(f"cannot list {loc}"):
-        try:
-            found = fs.find(loc.path, detail=True)
-        except FileNotFoundError:
-            return {}
-    base = loc.path.rstrip("/")
-    return {loc.join(posixpath.relpath(name, base)).url: info for name, info in sorted(found.items())
-            if info.get("type", "file") == "file" and name.rstrip("/") != base}
+    return {loc.join(rel).url: info for rel, info in _files(loc).items()}
 
 
 def list_dirs(url: str | Location) -> list[str]:

@@ -123,8 +123,10 @@ def test_gcs_connection_with_a_key_dict_is_refused_by_kind_not_crash():
     with pytest.raises(HubbeamError, match="not supported"):
         storage.Credentials.from_connection("ftp", None, None, {})
     token = {"type": "service_account", "client_email": "x@y"}
-    assert storage.Credentials.from_connection("google_cloud_platform", None, None,
-                                               {"keyfile_dict": json.dumps(token)}).gcs_token == token
+    for keys in (token, json.dumps(token)):  # Airflow gives keyfile_dict as a dict or as JSON text
+        credentials = storage.Credentials.from_connection("google_cloud_platform", None, None, {"keyfile_dict": keys})
+        assert json.loads(credentials.gcs_token) == token
+        hash(credentials)  # a filesystem cache key
 
 
 # --- the guard: one storage layer ---------------------------------------------------------------------------------
