@@ -9,8 +9,8 @@ embeds everything again.
 The job runs through the standard BashOperator, not the Beam provider's BeamRunPythonPipelineOperator: in
 apache-airflow-providers-apache-beam 6.3.1 that operator cannot even be constructed without
 apache-airflow-providers-google (its Dataflow mixin raises), which would add ~100 packages (ray, litellm, …)
-to every install. The command is the same one the Beam operator would run (`python job.py --runner=… --opt=…`),
-so the runner Param still selects FnApiRunner, PortableRunner, Dataflow, Flink or Spark. Not deferred: with a
+to every install. The command is `python -m hubbeam embed --runner=… --opt=…` (the pipeline options the Beam
+operator would pass, as a module rather than a file), so the runner Param still selects FnApiRunner, PortableRunner, Dataflow, Flink or Spark. Not deferred: with a
 local runner the pipeline runs in the task itself; with a remote runner the task waits for the job.
 """
 from __future__ import annotations

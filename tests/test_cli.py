@@ -105,3 +105,18 @@ def test_build_module_command(tmp_path, tiny_vectors_file):
     assert result.returncode == 0, result.stderr
     assert (out / "saved_model.pb").is_file() and (out / "assets.extra" / "hubbeam_module.json").is_file()
     assert not list(tmp_path.glob(".wv.*")), "no staging folders left behind"
+
+
+def test_the_job_is_a_library_and_the_cli_owns_the_flags():
+    """`python -m hubbeam embed` is how the DAG runs the job; hubbeam.pipeline.job does not import the CLI (the
+    two used to import each other), and importing the CLI pulls in neither Beam nor TensorFlow."""
+    import ast
+
+    job = Path(__file__).resolve().parents[1] / "hubbeam" / "pipeline" / "job.py"
+    imported = {node.module for node in ast.walk(ast.parse(job.read_text())) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(ast.parse(job.read_text())) if isinstance(node, ast.Import)
+                 for a in node.names}
+    assert not any(name and name.startswith("hubbeam.cli") for name in imported), imported
+    code = "import sys, hubbeam.cli; print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]

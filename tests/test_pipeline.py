@@ -324,6 +324,20 @@ def test_in_process_run_reuses_the_launchers_model(tmp_path, mixed_text_corpus, 
     assert loaded is model.acquire()
 
 
+@pytest.mark.parametrize("beam_args, processes", [
+    ([], 1),
+    (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 2),
+])
+def test_the_manifest_records_the_jobs_own_metrics(tmp_path, mixed_text_corpus, tiny_wordvec_module, beam_args,
+                                                   processes):
+    manifest = run(tmp_path / "out", tiny_wordvec_module, mixed_text_corpus[0], *beam_args, batch_size=2,
+                   chunk_rows=2)
+    metrics = manifest["metrics"]
+    assert metrics["module_loads"] == metrics["worker_processes"] == processes, metrics
+    assert metrics["rows_embedded"] == manifest["rows_embedded"] and metrics["batches"] >= manifest["rows_embedded"] / 2
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["metrics"] == metrics
+
+
 @pytest.fixture
 def local_job_service(tmp_path):
     port_file = tmp_path / "job-service.port"

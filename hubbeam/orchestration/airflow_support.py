@@ -31,18 +31,12 @@ def asset(name: str):
     return Asset(name=f"hubbeam_{name}", uri=f"hubbeam://{name}")
 
 
-def beam_job_file() -> str:
-    """The Beam job the operator runs, with this very interpreter (hubbeam is installed in it)."""
-    import hubbeam.pipeline
-
-    return os.path.join(os.path.dirname(hubbeam.pipeline.__file__), "job.py")
-
-
 def beam_command(options: dict) -> str:
-    """The shell command that runs the Beam job with these pipeline options, as the Beam operator would."""
+    """The shell command that runs the Beam job with these pipeline options: `python -m hubbeam embed --opt=…`
+    with this very interpreter (hubbeam is installed in it; nothing is installed at run time)."""
     import shlex
 
-    args = [sys.executable, beam_job_file()]
+    args = [sys.executable, "-m", "hubbeam", "embed"]
     for key, value in options.items():
         if isinstance(value, bool):
             if value:

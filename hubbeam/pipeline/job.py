@@ -1,28 +1,24 @@
 """hubbeam's main job: a glob of shards -> embeddings Parquet, dead letters, manifest, _SUCCESS.
 
-Run it as `hubbeam embed …` or `python -m hubbeam.pipeline.job …` (the file the Airflow Beam operator
-points at). Unknown flags are Beam pipeline options and pass straight through, so the same command runs
+Run it as `hubbeam embed …` or `python -m hubbeam embed …` (what the embed_corpus DAG runs; hubbeam.cli owns
+the flags). Unknown flags are Beam pipeline options and pass straight through, so the same command runs
 in-process (the default: FnApiRunner, which never downloads anything), on `--direct_running_mode=
 multi_processing --direct_num_workers=N`, or on Dataflow, Flink and Spark.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
-import sys
 import uuid
 from dataclasses import dataclass, field
 
 from hubbeam import __version__
 from hubbeam.errors import HubbeamError
-from hubbeam.pipeline.sources import FORMATS, InputSpec, file_format_error, match_inputs
+from hubbeam.pipeline.sources import InputSpec, file_format_error, match_inputs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"
-ALLOW_UNSAFE_OPS_HELP = ("load the module even if its serving functions read or write files or run Python "
-                         "(see `hubbeam inspect`): only for a module you trust")
 EMBEDDED = ""  # the outcome tally's key for embedded rows; every other key is a rejection reason
 _PARQUET_TYPE_ALIASES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
                          "float32", "float64", "bool", "string", "large_string", "date32", "binary"}
@@ -50,50 +46,6 @@ class EmbedJob:
     num_shards: int = 0
     parquet_codec: str = "snappy"
     allow_unsafe_ops: bool = False
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job's own flags. Each --dashed-name also answers to --dashed_name: Airflow's Beam operator
-    writes pipeline options in that form."""
-
-    def option(name: str, **kwargs):
-        aliases = [f"--{name.replace('-', '_')}"] if "-" in name else []
-        parser.add_argument(f"--{name}", *aliases, **kwargs)
-
-    option("input", required=True, help="glob of input shards (local, gs://, s3:// via Beam filesystems)")
-    option("output", required=True, help="output folder; a rerun replaces it cleanly")
-    option("module", required=True, help="module handle (folder, .tar.gz, https://, gs://, s3://)")
-    option("input-format", choices=FORMATS, default="auto",
-           help="default: from each file's extension (.parquet .jsonl .csv .tsv .txt, image types)")
-    option("id-column", default="id", help="id field (default: id; missing -> FILE:ROW)")
-    option("text-column", default="text", help="text field (default: text)")
-    option("image-column", default="image", help="binary image column in Parquet (default: image)")
-    option("keep-columns", default="", help="comma-separated input columns copied to the output")
-    option("signature", help="module signature (default: 'default')")
-    option("output-key", help="named output (default: 'default')")
-    option("sha256", help="pin the module's sha256 (archive or tree digest)")
-    option("batch-size", type=int, default=64, help="most rows per model call (default: 64)")
-    option("chunk-rows", type=int, default=512,
-           help="rows sorted by length together before batching (default: 512)")
-    option("max-text-chars", type=int, default=20_000,
-           help="longer texts are truncated and flagged truncated=true (default: 20000)")
-    option("float16", action="store_true", help="store embeddings as float16")
-    option("num-shards", type=int, default=0, help="output shards (default: runner decides)")
-    option("parquet-codec", default="snappy", help="Parquet compression (default: snappy)")
-    option("allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP + " (recorded in the manifest)")
-
-
-def job_from_args(args: argparse.Namespace) -> EmbedJob:
-    if args.batch_size < 1 or args.chunk_rows < 1 or args.max_text_chars < 1:
-        raise HubbeamError("--batch-size, --chunk-rows and --max-text-chars must be positive")
-    return EmbedJob(
-        input=args.input, output=args.output.rstrip("/") or "/", module=args.module, input_format=args.input_format,
-        id_column=args.id_column, text_column=args.text_column, image_column=args.image_column,
-        keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()], signature=args.signature,
-        output_key=args.output_key, sha256=args.sha256, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
-        max_text_chars=args.max_text_chars, float16=args.float16, num_shards=args.num_shards,
-        parquet_codec=args.parquet_codec, allow_unsafe_ops=args.allow_unsafe_ops,
-    )
 
 
 def pipeline_options(beam_args: list[str]):
@@ -277,9 +229,30 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     out.prepare_output_dir(job.output)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, job, model, files, run_id, runner)
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
     del loaded
-    return out.read_manifest(job.output)
+    return out.add_metrics(job.output, job_metrics(result))
+
+
+def job_metrics(result) -> dict | None:
+    """The job's own Beam counters as the runner reports them (summed over steps): module_loads, bundles,
+    batches, padded_chars, rows read/embedded/rejected, and worker_processes (processes that embedded rows).
+    None when the runner reports no metrics."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # noqa: BLE001 - runners without metrics support raise their own types
+        return None
+    totals: dict[str, int] = {}
+    workers = set()
+    for counter in counters:
+        namespace, name = counter.key.metric.namespace, counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        if namespace == "hubbeam":
+            totals[name] = totals.get(name, 0) + int(value or 0)
+        elif namespace == "hubbeam.workers":
+            workers.add(name)
+    return {**dict(sorted(totals.items())), "worker_processes": len(workers)} if totals else None
 
 
 def summary(manifest: dict, output: str) -> str:
@@ -295,14 +268,3 @@ def summary(manifest: dict, output: str) -> str:
         f"{len(manifest['outputs']['rejected'])} rejected shard(s), manifest.json, _SUCCESS",
     ] + ([f"duplicate ids: {manifest['duplicate_ids']:,} ids occur on more than one row (all kept; e.g. "
           f"{', '.join(map(repr, manifest['duplicate_id_examples'][:3]))})"] if manifest.get("duplicate_ids") else []))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m hubbeam.pipeline.job` (what the Airflow Beam operator runs)."""
-    from hubbeam.cli import main as cli_main
-
-    return cli_main(["embed", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -228,6 +228,17 @@ def read_manifest(out_dir: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(out_dir, MANIFEST)))
 
 
+def add_metrics(out_dir: str, metrics: dict | None) -> dict:
+    """The finished run's manifest with the job's metrics added (known only once the pipeline has ended, after
+    its last step wrote the manifest); rewritten in one write."""
+    from hubbeam import storage
+
+    manifest = read_manifest(out_dir)
+    manifest["metrics"] = metrics
+    storage.write_text(storage.join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def read_embeddings(out_dir: str, columns: list[str] | None = None):
     """ids (list of str) and a float32 [N, D] matrix from a finished run; with columns, also a dict of those.
 
