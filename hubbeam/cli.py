@@ -319,7 +319,6 @@ def _import_beam_quietly() -> None:
 def _cmd_search(args) -> int:
     from hubbeam.inspection.search import format_results, search
 
-    _import_beam_quietly()
     from hubbeam.pipeline.output import read_manifest
 
     if args.query and args.image:
@@ -340,7 +339,6 @@ def _cmd_search(args) -> int:
 def _cmd_report(args) -> int:
     from hubbeam.inspection.report import write_report
 
-    _import_beam_quietly()
 
     path = write_report(args.embeddings, args.out, color_by=args.color_by, sample=args.sample,
                         examples=args.examples, neighbours=args.neighbours, seed=args.seed,

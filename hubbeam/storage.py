@@ -3,8 +3,10 @@
 Every open, list, write, move and delete in hubbeam goes through this module, so that a path string is
 never handed to a local-only API by mistake (`Path("s3://b/x")` is a local folder named `s3:`): callers
 take a URL, and `location()` decides what it is. Endpoints, credentials, timeouts and the error mapping live
-here too. The Beam job's own sources and sinks keep Beam's FileSystems (Beam requires them on its workers);
-`beam_arguments()` configures them from the same settings.
+here too. The one exception is the Beam job itself (matching its inputs, its sinks, its final step), which
+keeps Beam's FileSystems because Beam requires them on its workers: `beam_arguments()` gives them the S3
+endpoint, `configure_beam_workers()` the rest of what a worker can take from the environment (an emulator's
+anonymous GCS access); their clients use the standard credential chains, not an Airflow connection's.
 
 Settings (environment):
 - S3: `HUBBEAM_S3_ENDPOINT_URL` (MinIO, moto, any S3-compatible server), else botocore's own
@@ -45,8 +47,13 @@ FORMS = "a folder, file://PATH, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
 
 def timeouts() -> tuple[float, float]:
     """(connect, read) seconds for every storage and HTTP client."""
-    return (float(os.environ.get("HUBBEAM_CONNECT_TIMEOUT", "10")),
-            float(os.environ.get("HUBBEAM_READ_TIMEOUT", "60")))
+    values = []
+    for name, default in (("HUBBEAM_CONNECT_TIMEOUT", "10"), ("HUBBEAM_READ_TIMEOUT", "60")):
+        try:
+            values.append(float(os.environ.get(name, default)))
+        except ValueError:
+            raise HubbeamError(f"{name}={os.environ[name]!r} is not a number of seconds") from None
+    return values[0], values[1]
 
 
 # --- credentials --------------------------------------------------------------------------------------------------
@@ -111,11 +118,6 @@ class Location:
         return f"{self.scheme}://{self.path}"
 
     @property
-    def uri(self) -> str:
-        """Always a URI: file://… for a local path (an Airflow asset's URI, say)."""
-        return f"file://{self.path}" if self.is_local else self.url
-
-    @property
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))
 
@@ -149,9 +151,11 @@ def location(url: str | os.PathLike | Location) -> Location:
     shown = redact(text)
     scheme = parts.scheme.lower()
     if scheme in ("s3", "gs"):
-        if not parts.netloc or "@" in parts.netloc:
+        # Verbatim after the scheme: a key may hold '#', '?' or '%', which are not URL syntax in a bucket.
+        path = text.split("://", 1)[1].rstrip("/")
+        if not parts.netloc or "@" in parts.netloc or path.startswith("/"):
             raise HubbeamError(f"invalid {scheme}:// URL {shown!r}: expected {scheme}://BUCKET/PREFIX")
-        return Location(scheme, f"{parts.netloc}{parts.path}".rstrip("/") or parts.netloc)
+        return Location(scheme, path)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise HubbeamError(f"invalid file URL {shown!r}: expected file:///ABSOLUTE/PATH")
@@ -170,10 +174,6 @@ def join(base: str | Location, *parts: str) -> str:
     if isinstance(base, Location):
         return base.join(*parts).url
     return "/".join([str(base).rstrip("/"), *[p.strip("/") for p in parts if p]])
-
-
-def is_remote(url: str | os.PathLike | Location) -> bool:
-    return not location(url).is_local
 
 
 def is_relative(path: str | os.PathLike) -> bool:
@@ -198,7 +198,13 @@ def filesystem(where: str | Location):
     with _FILESYSTEMS_LOCK:
         fs = _FILESYSTEMS.get(key)
         if fs is None:
-            fs = _FILESYSTEMS[key] = _new_filesystem(loc.scheme, credentials)
+            try:
+                fs = _FILESYSTEMS[key] = _new_filesystem(loc.scheme, credentials)
+            except HubbeamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bad token or setting, in whatever type the client raises
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise StorageError(f"cannot set up the {loc.scheme} client for {loc}: {text}") from exc
     return fs
 
 
@@ -294,12 +300,6 @@ def exists(url: str | Location) -> bool:
         return filesystem(loc).exists(loc.path)
 
 
-def is_dir(url: str | Location) -> bool:
-    loc = location(url)
-    with errors(f"cannot read {loc}"):
-        return filesystem(loc).isdir(loc.path)
-
-
 def read_bytes(url: str | Location) -> bytes:
     loc = location(url)
     with errors(f"cannot read {loc}", missing=f"cannot read {loc}: not found"):
@@ -313,11 +313,15 @@ def read_text(url: str | Location) -> str:
 def read_json(url: str | Location) -> dict | None:
     """The JSON object at url, or None when there is nothing there."""
     try:
-        return json.loads(read_bytes(url))
+        data = read_bytes(url)
     except StorageError as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
             return None
         raise
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise HubbeamError(f"{location(url)} is not valid JSON ({exc})") from exc
 
 
 def write_bytes(url: str | Location, data: bytes) -> None:
@@ -400,6 +404,8 @@ def list_dirs(url: str | Location) -> list[str]:
 def remove(url: str | Location) -> None:
     """Delete a file, or a folder with everything under it; nothing there is fine."""
     loc = location(url)
+    if not loc.is_local and "/" not in loc.path:
+        raise StorageError(f"refusing to delete the whole bucket {loc}")
     fs = filesystem(loc)
     with errors(f"cannot delete {loc}"):
         if loc.is_local:
@@ -504,7 +510,10 @@ def local_folder(url: str | Location) -> Iterator[Path]:
 @contextlib.contextmanager
 def staged_folder(url: str | Location, last: tuple[str, ...] = ()) -> Iterator[Path]:
     """A local folder to build into; when the block succeeds it replaces url: renamed into place on a
-    local disk, uploaded to an object store (names in `last` last). A failed block leaves url as it was."""
+    local disk (atomic), on an object store the old objects removed and the new ones uploaded (names in
+    `last` last, so a reader that waits for them never sees a half-uploaded folder as complete; an upload that
+    fails part-way leaves url incomplete, and running the block again replaces it). A block that fails
+    leaves url as it was."""
     loc = location(url)
     if loc.is_local:
         target = Path(loc.path)
@@ -537,6 +546,22 @@ def beam_arguments(args: list[str]) -> list[str]:
     if endpoint and not any(a.startswith("--s3_endpoint_url") for a in args):
         extra.append(f"--s3_endpoint_url={endpoint}")
     return extra
+
+
+def configure_beam_workers() -> None:
+    """On a Beam worker: give Beam's filesystems hubbeam's settings where the runner gave them no options.
+
+    An SDK worker pool's workers (`worker_pool_main`, as Flink and Spark run Python without the SDK
+    container's boot program) start with no pipeline options, so Beam's S3 filesystem has no endpoint or
+    client and fails every call; runners that do pass options (Dataflow, the SDK container) are left as they
+    are. With a GCS emulator, Beam's GCS client is made anonymous (configure_beam_gcs).
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if getattr(FileSystems, "_pipeline_options", None) is None:
+        FileSystems.set_options(PipelineOptions(beam_arguments([])))
+    configure_beam_gcs()
 
 
 def configure_beam_gcs() -> None:

@@ -27,6 +27,9 @@ from hubbeam.errors import HubbeamError
 ENV = "HUBBEAM_ALLOWED_SOURCES"
 CONFIG_ENV = "HUBBEAM_CONFIG"
 _ENCODED_TRICKS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+# Characters parsers disagree on: urllib3 ends the host at a backslash where urlsplit does not, so
+# `https://evil\@ok/` would be checked as ok and fetched from evil.
+_AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -86,20 +89,30 @@ def canonical(location: str) -> Source:
     """A handle's location (or an allow-list entry) in the form prefixes are compared in."""
     parts = urllib.parse.urlsplit(location)
     scheme = parts.scheme.lower()
-    if scheme in ("http", "https", "s3", "gs"):
+    if scheme in ("s3", "gs"):
+        # Compared as storage reads them: the bucket and key verbatim (no decoding, no case folding).
+        where = _storage_location(location)
+        bucket, _, key = where.path.partition("/")
+        if "%" in key or _AMBIGUOUS.search(where.path):
+            raise SourceNotAllowedError(f"'%', '\\' or white space in {_shown(location)}")
+        segments = tuple(s for s in key.split("/") if s)
+        if any(s in (".", "..") for s in segments):
+            raise SourceNotAllowedError(f"'.' or '..' in the path of {_shown(location)}")
+        return Source(scheme, bucket, segments)
+    if scheme in ("http", "https"):
+        if _AMBIGUOUS.search(location):
+            raise SourceNotAllowedError(f"a backslash, white space or control character in {_shown(location)}")
         if _ENCODED_TRICKS.search(parts.path):
             raise SourceNotAllowedError(f"encoded '.', '/' or '\\' in the path of {_shown(location)}")
         segments = tuple(s for s in urllib.parse.unquote(parts.path).split("/") if s)
         if any(s in (".", "..") for s in segments):
             raise SourceNotAllowedError(f"'.' or '..' in the path of {_shown(location)}")
-        if scheme in ("http", "https"):
-            host = (parts.hostname or "").lower()
-            try:
-                port = parts.port or _DEFAULT_PORTS[scheme]
-            except ValueError:
-                raise SourceNotAllowedError(f"invalid port in {_shown(location)}") from None
-            return Source(scheme, f"{host}:{port}", segments)
-        return Source(scheme, parts.hostname or parts.netloc.rsplit("@", 1)[-1], segments)
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise SourceNotAllowedError(f"invalid port in {_shown(location)}") from None
+        return Source(scheme, f"{host}:{port}", segments)
     if scheme == "file":
         path = urllib.parse.unquote(parts.path)
     elif scheme and len(scheme) > 1:
@@ -122,6 +135,16 @@ def check_allowed(location: str, what: str = "module handle") -> None:
     if not any(source.contains(place) for source in allowed):
         raise SourceNotAllowedError(f"{what} {_shown(location)} is not under an allowed source ({ENV}: "
                                     f"{', '.join(map(str, allowed))})")
+
+
+def _storage_location(location: str):
+    from hubbeam.errors import HubbeamError
+    from hubbeam.storage import location as parse
+
+    try:
+        return parse(location)
+    except HubbeamError as exc:
+        raise SourceNotAllowedError(str(exc)) from None
 
 
 def _shown(location: str) -> str:

@@ -1,21 +1,25 @@
 """What a module's serving functions can do besides math: a module is a program, so read it before running it.
 
 A SavedModel's functions may hold any TensorFlow op: `ReadFile` on a credentials file, `WriteFile` over a DAG,
-`MatchingFiles` to walk a disk. The audit reads `saved_model.pb` as data (nothing is executed) and walks, for
-each signature and for `__call__`, everything it can run: the graph backwards from the signature's outputs,
-every function it calls (`StatefulPartitionedCall`, `If`/`While`/`Case` branches and bodies, …) and the
-functions those call, to any depth. It reports
+`MatchingFiles` to walk a disk. The audit reads `saved_model.pb` (or `.pbtxt`) as data (nothing is executed)
+and walks everything the module can run: for each signature, the graph backwards from its outputs; every
+function the object graph holds (`__call__`, the signatures as TF2's loader builds them, resource
+initialisers, any other method); the init ops `hub.load` runs; and through each of them every function it
+calls (`StatefulPartitionedCall`, `If`/`While`/`Case` branches and bodies, …), to any depth. It reports
 
 - file ops (`ReadFile`, `WriteFile`, `MatchingFiles`, checkpoint and summary writers, file-reading datasets …),
 - Python callbacks (`PyFunc`, `EagerPyFunc`: code outside the module),
 - ops that are not in TensorFlow's core op set (custom kernels, e.g. tensorflow-text's tokenizers).
 
-`load` refuses a module whose serving functions hold file ops unless told otherwise (allow_unsafe_ops).
-Restoring variables and initialising vocabulary tables happen at load time, in functions no signature
-calls: they are not serving ops and are not reported.
+`load` refuses a module whose functions hold file ops or Python callbacks unless told otherwise
+(allow_unsafe_ops). At load time, restoring variables and filling vocabulary tables from files
+(`RestoreV2`, `InitializeTableFromTextFileV2`) are expected and reported but not refused; anything else that
+touches files there is refused like a serving op. Functions that only save checkpoints (the saver's) are not
+walked: loading never runs them.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,13 +37,18 @@ FILE_OPS = frozenset({
     "ExperimentalDatasetToTFRecord", "CreateSummaryFileWriter", "WriteSummary", "WriteRawProtoSummary",
     "WriteScalarSummary", "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary",
     "WriteGraphSummary", "DebugIdentityV2", "DebugIdentityV3", "PrintV2 to a file",
+    "CacheDataset", "CacheDatasetV2", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset", "CSVDataset",
+    "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset", "ExperimentalSqlDataset", "LMDBDataset",
+    "ExperimentalLMDBDataset", "LMDBReader", "CreateSummaryDbWriter", "GenerateVocabRemapping",
+    "FixedUnigramCandidateSampler", "DecodeProtoV2", "EncodeProto", "Skipgram",
+    "DatasetFromGraph",  # runs a serialized graph held in a constant: nothing inside it can be audited
 })
 PY_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 # What loading legitimately does with files of the module itself: restore variables, fill vocabulary tables.
 LOAD_TIME_FILE_OPS = frozenset({"Restore", "RestoreV2", "RestoreSlice", "InitializeTableFromTextFile",
                                 "InitializeTableFromTextFileV2"})
 CALL = "__call__"
-LOAD_TIME = "(load time)"  # the init ops hub.load runs: TF2's __saved_model_init_op, TF1's main/init ops
+LOAD_TIME = "(load time and other functions)"  # init ops hub.load runs, resource initialisers, other methods
 _TF1_INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer")
 
 
@@ -75,23 +84,41 @@ class ModuleAudit:
 
 
 class UnsafeModuleError(HubbeamError):
-    """The module's serving functions touch files (or run outside Python); refused unless allowed."""
+    """The module's functions touch files or call back into Python; refused unless allowed."""
 
 
 def audit_module(path: str | Path) -> ModuleAudit:
-    """Read the module's saved_model.pb and audit each signature (and `__call__`); nothing is executed."""
+    """Read the module's saved_model.pb (or .pbtxt) and audit everything it can run; nothing is executed.
+    Audits are kept per file version, so loading after inspecting does not parse the graph again."""
+    folder = Path(path)
+    proto = folder / "saved_model.pb"
+    if not proto.is_file() and (folder / "saved_model.pbtxt").is_file():
+        proto = folder / "saved_model.pbtxt"
+    try:
+        stat = proto.stat()
+    except OSError as exc:
+        raise ModuleFormatError(f"cannot read {proto}: {exc.strerror}") from exc
+    return _audit_file(str(proto), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _audit_file(proto: str, mtime_ns: int, size: int) -> ModuleAudit:
     from hubbeam import tfenv
 
     tfenv.tensorflow()  # the protobuf classes live in TensorFlow's package
+    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     model = saved_model_pb2.SavedModel()
-    proto = Path(path) / "saved_model.pb"
     try:
-        model.ParseFromString(proto.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ModuleFormatError(f"cannot read {proto}: {exc}") from exc
-    functions: dict[str, FunctionAudit] = {}
+        data = Path(proto).read_bytes()
+        if proto.endswith(".pbtxt"):
+            text_format.Parse(data.decode("utf-8"), model)
+        else:
+            model.ParseFromString(data)
+    except (OSError, ValueError, UnicodeDecodeError, message.DecodeError, text_format.ParseError) as exc:
+        raise ModuleFormatError(f"cannot read {proto}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+    audits: dict[str, list[FunctionAudit]] = {}
     for meta_graph in model.meta_graphs:
         walker = _Walker(meta_graph.graph_def)
         init = []
@@ -99,17 +126,30 @@ def audit_module(path: str | Path) -> ModuleAudit:
             outputs = [t.name for t in signature.outputs.values()]
             if name.startswith("__saved_model"):  # TF's own init op: runs at load, not a callable signature
                 init += outputs
+            else:
+                audits.setdefault(name, []).append(walker.audit_outputs(outputs))
+        for name, functions in _object_functions(meta_graph).items():
+            if name == LOAD_TIME:
                 continue
-            functions[name] = walker.audit_outputs(outputs)
-        call = _call_functions(meta_graph)
-        if call:
-            functions[CALL] = walker.audit_functions(call)
+            audits.setdefault(name, []).append(walker.audit_functions(functions))
         for collection in _TF1_INIT_COLLECTIONS:
             init += list(meta_graph.collection_def[collection].node_list.value)
-        if init:
-            audit = walker.audit_outputs(init)
-            functions[LOAD_TIME] = FunctionAudit(audit.file_ops, audit.py_ops, audit.custom_ops, load_time=True)
-    return ModuleAudit(functions)
+        restore = meta_graph.saver_def.restore_op_name
+        init += [restore] if restore else []
+        loading = walker.audit_outputs(init)
+        others = walker.audit_functions(_object_functions(meta_graph).get(LOAD_TIME, []))
+        audits.setdefault(LOAD_TIME, []).append(_merged([loading, others], load_time=True))
+    merged = {name: _merged(found, load_time=name == LOAD_TIME) for name, found in audits.items()}
+    return ModuleAudit({name: a for name, a in merged.items() if name != LOAD_TIME or a.file_ops or a.py_ops
+                        or a.custom_ops})
+
+
+def _merged(audits: list[FunctionAudit], load_time: bool = False) -> FunctionAudit:
+    """One function's audit over several meta graphs (a name in one graph must not hide it in another)."""
+    def union(field: str) -> tuple[str, ...]:
+        return tuple(sorted({op for audit in audits for op in getattr(audit, field)}))
+
+    return FunctionAudit(union("file_ops"), union("py_ops"), union("custom_ops"), load_time=load_time)
 
 
 def check_module(path: str | Path, handle: str, allow_unsafe_ops: bool = False) -> ModuleAudit:
@@ -123,17 +163,32 @@ def check_module(path: str | Path, handle: str, allow_unsafe_ops: bool = False) 
     return audit
 
 
-def _call_functions(meta_graph) -> list[str]:
-    """The concrete functions behind the root object's `__call__` (TF2 reusable SavedModels)."""
+def _object_functions(meta_graph) -> dict[str, list[str]]:
+    """Every concrete function the object graph holds (what TF2's loader restores and may call), by name:
+    `__call__`, each signature (as the loader builds `obj.signatures`, which need not match signature_def),
+    and LOAD_TIME for the rest (resource initialisers, other methods)."""
     graph = meta_graph.object_graph_def
     if not graph.nodes:
-        return []
-    for child in graph.nodes[0].children:
+        return {}
+    names: dict[int, str] = {}
+    root = graph.nodes[0]
+    for child in root.children:
         if child.local_name == CALL:
-            node = graph.nodes[child.node_id]
-            if node.WhichOneof("kind") == "function":
-                return list(node.function.concrete_functions)
-    return []
+            names[child.node_id] = CALL
+        elif child.local_name == "signatures":
+            for signature in graph.nodes[child.node_id].children:
+                names[signature.node_id] = signature.local_name
+    found: dict[str, list[str]] = {}
+    for node_id, node in enumerate(graph.nodes):
+        kind = node.WhichOneof("kind")
+        if kind == "function":
+            functions = list(node.function.concrete_functions)
+        elif kind == "bare_concrete_function":
+            functions = [node.bare_concrete_function.concrete_function_name]
+        else:
+            continue
+        found.setdefault(names.get(node_id, LOAD_TIME), []).extend(functions)
+    return found
 
 
 class _Walker:
@@ -195,6 +250,7 @@ def _op_name(node) -> str:
     return node.op
 
 
+@functools.cache
 def _core_ops() -> frozenset[str]:
     """TensorFlow's core op set: the ops tf.raw_ops exposes (custom kernels, once loaded, are not in it)."""
     from hubbeam import tfenv

@@ -50,6 +50,11 @@ def redact(url: str) -> str:
     return url
 
 
+def without_pin(handle: str) -> str:
+    """The handle without its `#sha256=` pin (to pin it again, e.g. by the tree digest, without a conflict)."""
+    return _split_pin(os.fspath(handle).strip())[0]
+
+
 def _split_pin(handle: str) -> tuple[str, str | None]:
     if "#" not in handle:
         return handle, None

@@ -42,9 +42,19 @@ def _write_shard(out_dir: str, number: int, table) -> dict:
     return {"file": name, "rows": table.num_rows}
 
 
+SUCCESS = "_SUCCESS"
+
+
+def _withdraw(out_dir: str) -> None:
+    """Before a part of a snapshot is rewritten (a re-run of its interval): the snapshot stops reading as
+    finished, so nothing plans from it until finish_snapshot writes _SUCCESS again."""
+    storage.remove(storage.join(out_dir.rstrip("/").rsplit("/", 1)[0], SUCCESS))
+    storage.remove(out_dir)
+
+
 def _write_shards(table, out_dir: str, shard_rows: int) -> list[dict]:
     """Replace out_dir's shards with table cut into shard_rows pieces (an empty table writes none)."""
-    storage.remove(out_dir)
+    _withdraw(out_dir)
     return [_write_shard(out_dir, number, table.slice(start, shard_rows))
             for number, start in enumerate(range(0, table.num_rows, shard_rows))]
 
@@ -64,7 +74,7 @@ class _TextShards:
         self.rows = 0
         self._columns: tuple[list, list, list, list] = ([], [], [], [])
         self.out_dir = out_dir
-        storage.remove(out_dir)
+        _withdraw(out_dir)
 
     def add(self, row_id: str, text, updated_at: str, digest: bytes) -> None:
         ids, texts, updated, digests = self._columns
@@ -196,12 +206,12 @@ def finish_snapshot(snapshot_dir: str, interval: tuple[dt.datetime | None, dt.da
         "parts": parts,
     }
     storage.write_json(storage.join(snapshot_dir, "manifest.json"), manifest)
-    storage.write_json(storage.join(snapshot_dir, "_SUCCESS"), {})
+    storage.write_json(storage.join(snapshot_dir, SUCCESS), {})
     return manifest
 
 
 def finished_snapshots(corpus_root: str) -> list[str]:
-    return [name for name in storage.list_dirs(corpus_root) if storage.exists(storage.join(corpus_root, name, "_SUCCESS"))]
+    return [name for name in storage.list_dirs(corpus_root) if storage.exists(storage.join(corpus_root, name, SUCCESS))]
 
 
 def create_sample_database(db_path_or_url: str, rows: int = 300, updated_at: str = "2026-01-01 00:00:00") -> str:

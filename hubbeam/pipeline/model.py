@@ -35,7 +35,9 @@ class ModuleSpec:
     def tag(self) -> str:
         # The pin is left out: it only verifies content, so a pinned and an unpinned spec of one handle
         # share the model a process already loaded (the launcher's, for in-process runners).
-        return f"{self.handle}|{self.signature}|{self.output_key}|{self.allow_unsafe_ops}"
+        from hubbeam.hub.handles import without_pin
+
+        return f"{without_pin(self.handle)}|{self.signature}|{self.output_key}|{self.allow_unsafe_ops}"
 
 
 class LoadedModule:
@@ -80,7 +82,10 @@ class ModelHandle:
     def pinned(self, sha256: str) -> "ModelHandle":
         """The same process-wide model, with workers elsewhere pinned to exactly this content."""
         other = ModelHandle.__new__(ModelHandle)
-        other.spec = dataclasses.replace(self.spec, sha256=sha256)
+        from hubbeam.hub.handles import without_pin
+
+        # The tree digest replaces a pin the handle may carry (an archive's digest would conflict with it).
+        other.spec = dataclasses.replace(self.spec, handle=without_pin(self.spec.handle), sha256=sha256)
         other._shared = self._shared
         return other
 

@@ -127,7 +127,7 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
 
     from hubbeam import storage
 
-    storage.configure_beam_gcs()
+    storage.configure_beam_workers()
     rows_read = sum(n for _, n in input_counts)
     if rows_read != rows_embedded + rows_rejected:
         raise RuntimeError(f"row accounting failed: read {rows_read} != embedded {rows_embedded} + "
@@ -225,7 +225,10 @@ def read_manifest(out_dir: str) -> dict:
 
     if not storage.exists(storage.join(out_dir, SUCCESS)):
         raise HubbeamError(f"{out_dir} holds no finished hubbeam run (no {SUCCESS}); it may still be running or have failed")
-    return json.loads(storage.read_bytes(storage.join(out_dir, MANIFEST)))
+    manifest = storage.read_json(storage.join(out_dir, MANIFEST))
+    if manifest is None:
+        raise HubbeamError(f"{out_dir} has a {SUCCESS} but no {MANIFEST}: it was not written by hubbeam, or damaged")
+    return manifest
 
 
 def add_metrics(out_dir: str, metrics: dict | None) -> dict:

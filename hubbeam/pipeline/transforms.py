@@ -27,7 +27,7 @@ from hubbeam.pipeline.model import ModelHandle, ModuleSpec, embed_isolating_fail
 from hubbeam.pipeline.sources import InputSpec, RowReader
 
 log = logging.getLogger(__name__)
-storage.configure_beam_gcs()  # on every worker process that runs hubbeam's steps, before they touch gs://
+storage.configure_beam_workers()  # on every worker process that runs hubbeam's steps, before they touch storage
 progress = logging.getLogger("hubbeam.progress")
 
 REJECTED = "rejected"
