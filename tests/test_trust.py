@@ -187,6 +187,8 @@ def test_the_allow_list_refuses_remote_tricks_before_any_request(hub_http, monke
         f"{base}/m-evil/wordvec.tar.gz",
         f"http://user:pw@127.0.0.1:{hub_http.server_address[1]}@127.0.0.2:{hub_http.server_address[1]}/m/wordvec.tar.gz",
         f"https://127.0.0.1:{hub_http.server_address[1]}/m/wordvec.tar.gz",  # another scheme
+        f"http://127.0.0.2:{hub_http.server_address[1]}\\@127.0.0.1:{hub_http.server_address[1]}/m/wordvec.tar.gz",
+        f"{base}/m/..\\..\\other/wordvec.tar.gz",
         f"s3://{S3_BUCKET}/m/wordvec.tar.gz",
     ]
     for handle in tricks:
@@ -207,7 +209,8 @@ def test_the_allow_list_guards_object_stores_and_reads_a_config_file(s3_proxy, m
     monkeypatch.delenv("HUBBEAM_ALLOWED_SOURCES", raising=False)
     monkeypatch.setenv("HUBBEAM_CONFIG", str(config))
     for handle in (f"s3://{S3_BUCKET}/nested/deeper/wordvec", f"s3://{S3_BUCKET}/wordvec.tar.gz",
-                   f"s3://{S3_BUCKET}/wordvec/../nested/deeper/wordvec", f"s3://other-{S3_BUCKET}/wordvec"):
+                   f"s3://{S3_BUCKET}/wordvec/../nested/deeper/wordvec", f"s3://other-{S3_BUCKET}/wordvec",
+                   f"s3://{S3_BUCKET}/wordve%63", f"s3://{S3_BUCKET.upper()}/wordvec"):
         with pytest.raises(SourceNotAllowedError):
             hubbeam.resolve(handle)
     assert s3_proxy.requests == 0
