@@ -52,3 +52,29 @@ def build_hostile_module(kind: str, out: Path, target: Path) -> Path:
     default = tf.function(lambda texts: {"default": compute(texts)}).get_concrete_function(spec)
     return save_module(root, out, {"default": default},
                        {"name": f"hostile-{kind}", "version": "1", "output_dim": DIM, "input": {"kind": "text"}})
+
+
+def build_hostile_loader(out: Path, target: Path) -> Path:
+    """A TF1 Hub-format module (see tests/tf1_module.py) whose main op, which hub.load runs, writes `target`.
+    Its `default` signature is harmless: only loading it does harm."""
+    import tensorflow as tf
+
+    from tests.tf1_module import MODULE_DEF_FORMAT_V3
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        text = v1.placeholder(tf.string, [None], name="text")
+        lengths = tf.cast(tf.strings.length(text), tf.float32)[:, None]
+        embedding = tf.concat([lengths, lengths * 2.0], axis=1)
+        info = v1.saved_model.utils.build_tensor_info
+        signature = v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"text": info(text)}, outputs={"default": info(embedding)}, method_name="hub")
+        main_op = tf.io.write_file(str(target), tf.constant("written at load time"))
+        with v1.Session(graph=graph) as session:
+            builder = v1.saved_model.Builder(str(out))
+            builder.add_meta_graph_and_variables(session, [], signature_def_map={"default": signature},
+                                                 main_op=main_op)
+            builder.save()
+    (out / "tfhub_module.pb").write_bytes(MODULE_DEF_FORMAT_V3)
+    return out

@@ -90,6 +90,25 @@ def test_inspect_lists_what_each_function_reaches(hostile, minilm_module):
                minilm["ops"]["default"]["custom_ops"]), minilm["ops"]["default"]  # tensorflow-text's kernels
 
 
+def test_a_module_that_does_harm_while_loading_is_neither_loaded_nor_inspected_by_loading(tmp_path):
+    from tests.hostile_modules import build_hostile_loader
+
+    target = tmp_path / "written-at-load"
+    module = build_hostile_loader(tmp_path / "hostile-loader", target)
+    assert audit_module(module).unsafe == {LOAD_TIME: ("WriteFile",)}  # its signature itself is harmless
+    with pytest.raises(UnsafeModuleError, match="WriteFile"):
+        hubbeam.load(str(module))
+    described = hubbeam_cli("inspect", module, "--json")
+    assert described.returncode == 0, described.stderr[-3000:]
+    info = json.loads(described.stdout)
+    assert info["loaded"] is False and info["unsafe_ops"] == {LOAD_TIME: ["WriteFile"]}
+    assert "NOT LOADED" in hubbeam_cli("inspect", module).stdout
+    assert not target.exists(), "inspecting must not run what loading runs"
+    loaded = hubbeam_cli("inspect", module, "--json", "--allow-unsafe-ops")
+    assert loaded.returncode == 0 and json.loads(loaded.stdout)["signatures"], loaded.stderr[-3000:]
+    assert target.read_text() == "written at load time"
+
+
 def test_none_of_the_bundled_modules_is_refused(minilm_module, digits_module, wordvec_module, use_module,
                                                 tf1_module):
     for module in (minilm_module, digits_module, wordvec_module, use_module, tf1_module):

@@ -6,15 +6,21 @@ from hubbeam.hub.metadata import METADATA_PATH, read_metadata
 from hubbeam.hub.resolver import resolve_module
 
 
-def inspect_module(handle: str, sha256: str | None = None) -> dict:
-    """A JSON-ready description of the module behind handle."""
-    from hubbeam.hub.audit import audit_module
+def inspect_module(handle: str, sha256: str | None = None, allow_unsafe_ops: bool = False) -> dict:
+    """A JSON-ready description of the module behind handle.
+
+    Describing the signatures needs hub.load, which runs the module's load-time code (never a serving
+    function). When the audit finds that code touching files, the module is described from the audit and
+    its metadata alone (`loaded: false`), unless allow_unsafe_ops.
+    """
+    from hubbeam.hub.audit import LOAD_TIME, audit_module
 
     resolved = resolve_module(handle, sha256=sha256)
     audit = audit_module(resolved.path)
-    obj = load_object(resolved, allow_unsafe_ops=True)  # describing runs no serving function
+    loadable = LOAD_TIME not in audit.unsafe or allow_unsafe_ops
+    obj = load_object(resolved, allow_unsafe_ops=True) if loadable else None
     signatures = {}
-    for name, fn in sorted(module_functions(obj).items()):
+    for name, fn in sorted(module_functions(obj).items() if obj is not None else ()):
         inputs, outputs = signature_io(fn)
         signatures[name] = {
             "inputs": [vars(TensorInfo.of(n, s)) for n, s in sorted(inputs.items())],
@@ -34,6 +40,7 @@ def inspect_module(handle: str, sha256: str | None = None) -> dict:
         "sha256": resolved.sha256,
         "archive_sha256": resolved.archive_sha256,
         "format": "tf1-hub-module" if is_tf1 else "tf2-saved-model",
+        "loaded": obj is not None,
         "reusable": all(hasattr(obj, a) for a in ("variables", "trainable_variables", "regularization_losses"))
         and CALL in signatures,
         "signatures": signatures,
@@ -55,6 +62,8 @@ def format_report(info: dict) -> str:
     """The description as text for people."""
     lines = [
         f"module     {info['handle']}",
+        *([] if info["loaded"] else ["NOT LOADED  hub.load would run its load-time ops that touch files (below); "
+                                     "--allow-unsafe-ops loads it to list the signatures"]),
         f"path       {info['path']}",
         f"sha256     {info['sha256']}" + (f"  (archive {info['archive_sha256']})" if info["archive_sha256"] else ""),
         f"format     {info['format']}" + ("  reusable SavedModel (__call__, variables, …)" if info["reusable"] else ""),
