@@ -324,24 +324,30 @@ def read_json(url: str | Location) -> dict | None:
         raise HubbeamError(f"{location(url)} is not valid JSON ({exc})") from exc
 
 
+@contextlib.contextmanager
+def _whole(loc: Location) -> Iterator[str]:
+    """The path to write loc's new content to. On a local disk a scratch name beside it, renamed onto it when
+    the block succeeds and removed when it fails, so readers see the old file or the new one, never half of
+    one; an object store makes a single PUT visible at once anyway, so there it is loc's own path."""
+    if not loc.is_local:
+        yield loc.path
+        return
+    os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+    scratch = f"{loc.path}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield scratch
+        os.replace(scratch, loc.path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+
+
 def write_bytes(url: str | Location, data: bytes) -> None:
-    """Write one object whole. On a local disk it appears at once (written aside, then renamed); an object
-    store makes a single PUT visible at once anyway."""
+    """Write one object whole (see _whole)."""
     loc = location(url)
     fs = filesystem(loc)
-    with errors(f"cannot write {loc}"):
-        if loc.is_local:
-            os.makedirs(os.path.dirname(loc.path), exist_ok=True)
-            scratch = f"{loc.path}.partial-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(scratch, "wb") as f:
-                    f.write(data)
-                os.replace(scratch, loc.path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(scratch)
-        else:
-            fs.pipe_file(loc.path, data)
+    with errors(f"cannot write {loc}"), _whole(loc) as path:
+        fs.pipe_file(path, data)
 
 
 def write_text(url: str | Location, text: str) -> None:
@@ -435,16 +441,11 @@ def move(source: str | Location, target: str | Location) -> None:
 
 
 def put_file(local: str | os.PathLike, url: str | Location) -> None:
-    """Upload one local file (on a local target: copied aside, then renamed into place)."""
+    """Upload one local file whole (see _whole)."""
     loc = location(url)
     fs = filesystem(loc)
-    with errors(f"cannot write {loc}"):
-        if loc.is_local:
-            scratch = f"{loc.path}.partial-{uuid.uuid4().hex[:8]}"
-            fs.put_file(os.fspath(local), scratch)
-            os.replace(scratch, loc.path)
-        else:
-            fs.put_file(os.fspath(local), loc.path)
+    with errors(f"cannot write {loc}"), _whole(loc) as path:
+        fs.put_file(os.fspath(local), path)
 
 
 def get_file(url: str | Location, local: str | os.PathLike) -> None:

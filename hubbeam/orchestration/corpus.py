@@ -18,8 +18,9 @@ import os
 import posixpath
 import sqlite3
 
-from hubbeam.errors import HubbeamError
 from hubbeam import storage
+from hubbeam.errors import HubbeamError
+from hubbeam.pipeline.output import SUCCESS
 
 TEXT_DIR = "text"
 IMAGES_DIR = "images"
@@ -42,13 +43,10 @@ def _write_shard(out_dir: str, number: int, table) -> dict:
     return {"file": name, "rows": table.num_rows}
 
 
-SUCCESS = "_SUCCESS"
-
-
 def _withdraw(out_dir: str) -> None:
     """Before a part of a snapshot is rewritten (a re-run of its interval): the snapshot stops reading as
     finished, so nothing plans from it until finish_snapshot writes _SUCCESS again."""
-    storage.remove(storage.join(out_dir.rstrip("/").rsplit("/", 1)[0], SUCCESS))
+    storage.remove(storage.location(out_dir).parent.join(SUCCESS))
     storage.remove(out_dir)
 
 

@@ -7,9 +7,10 @@ its metadata read.
 """
 from __future__ import annotations
 
-from hubbeam.errors import HubbeamError
 from hubbeam import storage
+from hubbeam.errors import HubbeamError
 from hubbeam.orchestration.corpus import IMAGES_DIR, TEXT_DIR, finished_snapshots
+from hubbeam.pipeline.output import SUCCESS
 
 
 def module_identity(module: str, input_kind: str = "auto") -> dict:
@@ -35,7 +36,7 @@ def plan_embedding(corpus_root: str, embeddings_root: str, module: str, input_ki
         if not (manifest.get("rows") or {}).get(part):
             continue
         output = storage.join(embeddings_root, identity["folder"], snapshot, part)
-        if storage.exists(storage.join(output, "_SUCCESS")):
+        if storage.exists(storage.join(output, SUCCESS)):
             continue
         plan.append({**(options or {}), "input": storage.join(corpus_root, snapshot, part, "part-*.parquet"),
                      "output": output, "module": module,
