@@ -215,17 +215,31 @@ def test_no_duplicate_ids_reports_zero(tmp_path, tiny_wordvec_module):
     assert (manifest["duplicate_ids"], manifest["duplicate_id_examples"]) == (0, [])
 
 
-def test_duplicate_ids_across_shards_and_hash_collisions(tmp_path, monkeypatch):
-    """The count is exact: ids in different shards are found, and ids that merely share a hash are not duplicates."""
-    from hubbeam.pipeline import output
+def test_duplicate_ids_are_counted_across_tables_and_partitions(monkeypatch):
+    """The count is exact: ids in different tables (shards, workers) are found, ids that merely share a partition
+    are not duplicates, and finalize gets only the count and the first examples."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
 
-    for name, ids in [("a", ["x", "y", "z", "w"]), ("b", ["y", "q", "x"]), ("c", ["x"])]:
-        pq.write_table(pa.table({"id": ids}), tmp_path / f"{name}.parquet")
-    paths = [str(tmp_path / f"{n}.parquet") for n in "abc"]
-    assert output.duplicate_ids(paths) == ["x", "y"]
-    monkeypatch.setattr(output, "hash", lambda s: 1, raising=False)  # every id collides
-    assert output.duplicate_ids(paths) == ["x", "y"]
-    assert output.duplicate_ids(paths[:1]) == []
+    from hubbeam.pipeline import shards
+
+    tables = [pa.table({"id": ids}) for ids in (["x", "y", "z", "w"], ["y", "q", "x"], ["x"], [])]
+    many = [pa.table({"id": [f"d{i:02d}" for i in range(12)] * 2})]
+    for partitions in (shards.ID_PARTITIONS, 1):  # 1: every id in one partition, as a hash collision would put them
+        monkeypatch.setattr(shards, "ID_PARTITIONS", partitions)
+        with beam.Pipeline("FnApiRunner") as p:
+            found = p | "Tables" >> beam.Create(tables, reshuffle=False) | shards.CountDuplicateIds()
+            assert_that(found, equal_to([shards.DuplicateIds(2, ("x", "y"))]))
+        with beam.Pipeline("FnApiRunner") as p:
+            found = p | "Tables" >> beam.Create(tables[:1]) | shards.CountDuplicateIds()
+            assert_that(found, equal_to([shards.DuplicateIds(0, ())]), label="none")
+        with beam.Pipeline("FnApiRunner") as p:
+            found = p | "Tables" >> beam.Create(many) | shards.CountDuplicateIds()
+            assert_that(found, equal_to([shards.DuplicateIds(12, tuple(f"d{i:02d}" for i in range(10)))]), label="many")
+    monkeypatch.undo()
+    # The same id lands in the same partition in every worker process (Python's own hash() is salted per process).
+    probe = [sys.executable, "-c", "from hubbeam.pipeline.shards import id_partition; print(id_partition('日本 x'))"]
+    assert len({subprocess.run(probe, capture_output=True, text=True, check=True).stdout for _ in range(2)}) == 1
 
 
 # --- property-based: arbitrary strings and bytes through the text path -------------------------------------------

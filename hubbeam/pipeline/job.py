@@ -115,12 +115,12 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     """
     import apache_beam as beam
     from apache_beam.io import fileio
-    from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
-    from apache_beam.pvalue import AsDict, AsList
+    from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
     from hubbeam.pipeline.transforms import (INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText,
                                              ReadRows)
+    from hubbeam.pipeline.shards import CountDuplicateIds, RowsToTables, WriteShards
 
     embedder = model.acquire().embedder
     kind = embedder.input_kind
@@ -144,15 +144,14 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     embedded = read.rows | "EmbedRows" >> transform
     rejected = (read[REJECTED], embedded[REJECTED]) | "AllRejected" >> beam.Flatten()
 
-    shard_args = {"num_shards": job.num_shards, "shard_name_template": out.SHARD_TEMPLATE,
-                  "file_name_suffix": out.SUFFIX, "codec": job.parquet_codec}
     tables = embedded.embeddings | "RowGroups" >> beam.ParDo(CoalesceTables())
-    embedding_files = tables | "WriteEmbeddings" >> WriteToParquetBatched(
-        out.join(staging, out.EMBEDDINGS_PREFIX), schema=schema, **shard_args)
-    rejected_files = (rejected
-                      | "RejectedAsDicts" >> beam.Map(lambda r: r._asdict())
-                      | "WriteRejected" >> WriteToParquet(out.join(staging, out.REJECTED_PREFIX),
-                                                          schema=out.rejected_schema(), **shard_args))
+    rejected_tables = rejected | "RejectedTables" >> beam.ParDo(RowsToTables(out.rejected_schema()))
+    shards = ((tables | "WriteEmbeddings" >> WriteShards(out.EMBEDDINGS_PREFIX, staging, schema, job.parquet_codec,
+                                                         job.num_shards),
+               rejected_tables | "WriteRejected" >> WriteShards(out.REJECTED_PREFIX, staging, out.rejected_schema(),
+                                                                job.parquet_codec, job.num_shards))
+              | "Shards" >> beam.Flatten())
+    duplicates = (tables, rejected_tables) | "DuplicateIds" >> CountDuplicateIds()
     # One combiner tallies both outcomes (each combiner adds stages, and stages are most of a small job's cost):
     # rows embedded under EMBEDDED, rejected rows under their reason.
     tally = ((tables | "TableRows" >> beam.Map(lambda t: (EMBEDDED, t.num_rows)),
@@ -174,15 +173,15 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
         "batch_size": job.batch_size,
     }
 
-    def finalize(_, embedding_files, rejected_files, input_counts, tally):
+    def finalize(_, shards, input_counts, tally, duplicates):
         reasons = {reason: n for reason, n in tally.items() if reason != EMBEDDED}
-        out.finalize(job.output, staging, embedding_files, rejected_files, input_counts, tally.get(EMBEDDED, 0),
-                     sum(reasons.values()), reasons, manifest_base)
+        out.finalize(job.output, staging, shards, input_counts, tally.get(EMBEDDED, 0), sum(reasons.values()),
+                     reasons, duplicates, manifest_base)
 
     (pipeline
      | "Once" >> beam.Create([None])
-     | "Finalize" >> beam.Map(finalize, AsList(embedding_files), AsList(rejected_files), AsList(read[INPUT_COUNTS]),
-                              AsDict(tally)))
+     | "Finalize" >> beam.Map(finalize, AsList(shards), AsList(read[INPUT_COUNTS]), AsDict(tally),
+                              AsSingleton(duplicates)))
 
 
 def _unsafe_ops(embedder) -> dict[str, list[str]]:

@@ -4,15 +4,16 @@
                                             content_sha256, truncated (text), pass-through columns;
                                             key-value metadata hubbeam.* = provenance
     DIR/rejected-SSSSS-of-NNNNN.parquet     id, source, reason, error
-    DIR/manifest.json                       counts, duplicate ids, files with rows and sha256, module
-                                            provenance, runner
+    DIR/manifest.json                       counts, duplicate ids, files with rows, bytes and sha256, module
+                                            provenance, runner, the job's metrics
     DIR/_SUCCESS                            written last
 
 A run first removes `_SUCCESS` (so a reader never trusts a folder that is being replaced), writes every
-shard under `DIR/.staging-RUN/`, and a single final step checks the accounting
-(rows_read == rows_embedded + rows_rejected, and against the rows the shards hold), moves the new shards
-in, deletes shards of earlier runs and the staging folder, writes the manifest and only then `_SUCCESS`. A
-run killed at any point leaves no `_SUCCESS`; the next run sweeps its leftovers.
+shard under `DIR/.staging-RUN/` (hubbeam.pipeline.shards: each writer hashes and counts its shard), and a
+single final step checks the accounting (rows_read == rows_embedded + rows_rejected, and against the rows
+the writers counted), moves the new shards in under their final names, deletes shards of earlier runs and
+the staging folder, writes the manifest and only then `_SUCCESS`. A run killed at any point leaves no
+`_SUCCESS`; the next run sweeps its leftovers.
 
 Duplicate ids are kept (every input row gives exactly one embedding or dead letter); the manifest counts the
 ids that occur on more than one row.
@@ -20,7 +21,6 @@ ids that occur on more than one row.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import posixpath
 
@@ -36,7 +36,6 @@ EMBEDDINGS_PREFIX = "embeddings"
 REJECTED_PREFIX = "rejected"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SUFFIX = ".parquet"
-DUPLICATE_EXAMPLES = 10
 
 
 def join(directory: str, name: str) -> str:
@@ -106,44 +105,39 @@ def prepare_output_dir(out_dir: str) -> None:
             storage.remove(storage.join(out_dir, name))
 
 
-def _digest_and_rows(path: str) -> tuple[str, int]:
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
+def finalize(out_dir: str, staging: str, shards: list, input_counts: list[tuple[str, int]], rows_embedded: int,
+             rows_rejected: int, rejected_by_reason: dict, duplicates, manifest_base: dict) -> dict:
+    """Check the accounting, move the staged shards into place, write the manifest, then _SUCCESS.
 
-    digest = hashlib.sha256()
-    with FileSystems.open(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    with FileSystems.open(path) as f:
-        rows = pq.ParquetFile(f).metadata.num_rows
-    return digest.hexdigest(), rows
+    shards are hubbeam.pipeline.shards.ShardFile records and duplicates a DuplicateIds, both computed by the
+    workers that wrote the rows: this step reads no shard, so its time and memory follow the number of
+    shards and input files, not of rows.
+    """
+    import time
 
-
-def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_files: list[str],
-             input_counts: list[tuple[str, int]], rows_embedded: int, rows_rejected: int,
-             rejected_by_reason: dict, manifest_base: dict) -> dict:
-    """Check the accounting, move the staged shards into place, write the manifest, then _SUCCESS."""
     from apache_beam.io.filesystems import FileSystems
 
     from hubbeam import storage
 
+    began = time.perf_counter()
     storage.configure_beam_workers()
     rows_read = sum(n for _, n in input_counts)
     if rows_read != rows_embedded + rows_rejected:
         raise RuntimeError(f"row accounting failed: read {rows_read} != embedded {rows_embedded} + "
                            f"rejected {rows_rejected}; output left unfinished (no {SUCCESS})")
-    outputs = {}
-    for kind, files in (("embeddings", embedding_files), ("rejected", rejected_files)):
+    outputs, moves = {}, []
+    for kind, prefix in (("embeddings", EMBEDDINGS_PREFIX), ("rejected", REJECTED_PREFIX)):
+        of_kind = sorted((s for s in shards if s.kind == prefix), key=lambda s: s.path)
         entries = []
-        for staged in sorted(files):
-            sha256, rows = _digest_and_rows(staged)
-            entries.append({"file": posixpath.basename(staged), "rows": rows, "sha256": sha256})
+        for number, shard in enumerate(of_kind):
+            name = f"{prefix}-{number:05d}-of-{len(of_kind):05d}{SUFFIX}"
+            entries.append({"file": name, "rows": shard.rows, "bytes": shard.bytes, "sha256": shard.sha256})
+            moves.append((shard.path, join(out_dir, name)))
         outputs[kind] = entries
     if sum(e["rows"] for e in outputs["embeddings"]) != rows_embedded:
         raise RuntimeError("embedding shards hold a different number of rows than were embedded")
     if sum(e["rows"] for e in outputs["rejected"]) != rows_rejected:
         raise RuntimeError("rejected shards hold a different number of rows than were rejected")
-    duplicates = duplicate_ids(sorted(embedding_files) + sorted(rejected_files))
     new_names = {e["file"] for entries in outputs.values() for e in entries}
     stale = []
     for prefix in (EMBEDDINGS_PREFIX, REJECTED_PREFIX):
@@ -152,9 +146,10 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
                 stale.append(match.path)
     if stale:
         FileSystems.delete(stale)
-    staged = sorted(embedding_files) + sorted(rejected_files)
-    if staged:
-        FileSystems.rename(staged, [join(out_dir, posixpath.basename(p)) for p in staged])
+    if moves:
+        FileSystems.rename([source for source, _ in moves], [target for _, target in moves])
+    if FileSystems.exists(staging):
+        FileSystems.delete([staging])
     finished = dt.datetime.now(dt.timezone.utc)
     started = dt.datetime.fromisoformat(manifest_base["started_at"])
     seconds = max((finished - started).total_seconds(), 1e-9)
@@ -167,49 +162,16 @@ def finalize(out_dir: str, staging: str, embedding_files: list[str], rejected_fi
         "rows_rejected": rows_rejected,
         "rows_per_second": round(rows_read / seconds, 1),
         "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
-        "duplicate_ids": len(duplicates),
-        "duplicate_id_examples": duplicates[:DUPLICATE_EXAMPLES],
+        "duplicate_ids": duplicates.count,
+        "duplicate_id_examples": list(duplicates.examples),
         "inputs": [{"path": path, "rows": n} for path, n in sorted(input_counts)],
         "outputs": outputs,
+        "finalize_seconds": round(time.perf_counter() - began, 3),
     }
-    if FileSystems.exists(staging):
-        FileSystems.delete([staging])
     _write_text(join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     # last: nothing of this run is left to do. Not empty: an object store cannot complete a 0-part upload.
     _write_text(join(out_dir, SUCCESS), json.dumps({"run_id": manifest["run_id"]}) + "\n")
     return manifest
-
-
-def _shard_ids(path: str):
-    """The id column of a shard, a batch of Python strings at a time."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536, columns=["id"]):
-            yield batch.column(0).to_pylist()
-
-
-def duplicate_ids(paths: list[str]) -> list[str]:
-    """The ids that occur on more than one row of these shards (embedded and rejected together), sorted.
-
-    Exact, in 8 bytes per row: a first pass sorts 64-bit hashes of every id, a second one counts the real
-    ids behind the hashes seen twice (true duplicates, and the rare hash collision).
-    """
-    hashes = [np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids)) for path in paths for ids in _shard_ids(path)]
-    if not hashes:
-        return []
-    ordered = np.sort(np.concatenate(hashes))
-    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
-    if not repeated:
-        return []
-    counts: dict[str, int] = {}
-    for path in paths:
-        for ids in _shard_ids(path):
-            for row_id in ids:
-                if hash(row_id) in repeated:
-                    counts[row_id] = counts.get(row_id, 0) + 1
-    return sorted(row_id for row_id, n in counts.items() if n > 1)
 
 
 def _write_text(path: str, text: str) -> None:
