@@ -78,9 +78,12 @@ with DAG(
         from airflow.sdk.exceptions import AirflowSkipException
 
         from hubbeam.orchestration.embedding import check_outputs
+        from hubbeam.pipeline.dataflow import is_dry_run
 
         if not runs:
             raise AirflowSkipException("nothing new to embed")
+        if all(is_dry_run(run.get("dry_run")) for run in runs):
+            raise AirflowSkipException("dry run: the Dataflow jobs were staged, not run; no output to check")
         with support.fail_fast():
             totals = check_outputs([run["output"] for run in runs])
         outlet_events[EMBEDDINGS].extra = {k: totals[k] for k in ("runs", "rows_embedded", "rows_rejected")}

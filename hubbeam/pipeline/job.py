@@ -54,8 +54,9 @@ def pipeline_options(beam_args: list[str]):
     from apache_beam.runners.portability import flink_runner, spark_runner  # noqa: F401
 
     from hubbeam import storage
+    from hubbeam.pipeline.dataflow import dry_run_arguments
 
-    args = list(beam_args)
+    args = dry_run_arguments(list(beam_args))
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         args.append(f"--runner={DEFAULT_RUNNER}")
     args += storage.beam_arguments(args)
@@ -194,6 +195,10 @@ def _unsafe_ops(embedder) -> dict[str, list[str]]:
 def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     """Run the job to completion; returns the manifest. Raises HubbeamError for anything the user can fix.
 
+    With --runner=DataflowRunner --dry_run=True the job is translated and staged but not submitted
+    (hubbeam.pipeline.dataflow); what was staged is returned instead of a manifest (its "dry_run" is True), and
+    the output folder is left as it is: a dry run writes no output, so a finished earlier run stays valid.
+
     model: an already loaded ModelHandle for job.module (the benchmark passes one so load time stays apart).
     """
     import apache_beam as beam
@@ -204,8 +209,10 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     from apache_beam.io.filesystems import FileSystems
 
     from hubbeam import storage
+    from hubbeam.pipeline import dataflow
 
     options, runner = pipeline_options(list(beam_args))
+    dry_run = dataflow.check_dry_run(options, runner)
     FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
     storage.configure_beam_gcs()
     files = match_inputs(job.input)
@@ -225,10 +232,17 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
         problem = file_format_error(spec, spec.format_of(files[0]))
         raise HubbeamError(f"none of the {len(files)} input files can feed this module: {files[0]} is {problem}")
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    out.prepare_output_dir(job.output)
-    pipeline = beam.Pipeline(options=options)
+    if not dry_run:
+        out.prepare_output_dir(job.output)
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ValueError as exc:  # Beam's own validation: a Dataflow job without --project or a gs:// temp_location …
+        problems = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().endswith(":")]
+        raise HubbeamError(f"invalid Beam pipeline options: {' '.join(problems)}") from None
     build_pipeline(pipeline, job, model, files, run_id, runner)
     result = pipeline.run()
+    if dry_run:
+        return dataflow.stage(result.job, runner)
     result.wait_until_finish()
     del loaded
     return out.add_metrics(job.output, job_metrics(result))
@@ -255,6 +269,10 @@ def job_metrics(result) -> dict | None:
 
 
 def summary(manifest: dict, output: str) -> str:
+    if manifest.get("dry_run"):
+        from hubbeam.pipeline.dataflow import summary as dry_run_summary
+
+        return dry_run_summary(manifest)
     reasons = ", ".join(f"{n} {r}" for r, n in manifest["rejected_by_reason"].items())
     module = manifest["module"]
     return "\n".join([
