@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except HubbeamError as exc:
         print(f"hubbeam: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("hubbeam: interrupted", file=sys.stderr)
         return 130

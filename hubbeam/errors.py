@@ -1,4 +1,4 @@
-"""Errors a user can act on. The CLI prints them as one line and exits with status 2."""
+"""Errors a user can act on. The CLI prints them as one line and exits with status 2 (1 for JobFailedError)."""
 
 
 class HubbeamError(Exception):
@@ -23,3 +23,10 @@ class IntegrityError(HubbeamError):
 
 class ModuleFormatError(HubbeamError):
     """The folder is not a usable module, or the requested signature/output does not exist."""
+
+
+class JobFailedError(HubbeamError):
+    """The Beam job itself failed on its runner (workers lost, a step raised there): not bad input, so the CLI
+    exits with status 1. The output folder is left without _SUCCESS; a re-run replaces it."""
+
+    exit_code = 1

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from hubbeam import __version__
-from hubbeam.errors import HubbeamError
+from hubbeam.errors import HubbeamError, JobFailedError
 from hubbeam.pipeline.sources import InputSpec, file_format_error, match_inputs
 
 log = logging.getLogger(__name__)
@@ -243,9 +243,19 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     result = pipeline.run()
     if dry_run:
         return dataflow.stage(result.job, runner)
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    except Exception as exc:  # noqa: BLE001 - each runner raises its own types; the message is what matters
+        raise JobFailedError(f"the {runner} job failed: {_last_line(exc)}; {job.output} is left unfinished (no "
+                             f"{out.SUCCESS}): re-run to replace it") from exc
     del loaded
     return out.add_metrics(job.output, job_metrics(result))
+
+
+def _last_line(exc: Exception) -> str:
+    """A remote runner's error is a whole worker traceback; its last line says what happened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
 
 
 def job_metrics(result) -> dict | None:
