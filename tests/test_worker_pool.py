@@ -143,7 +143,21 @@ def test_two_sdk_workers_from_a_pool_match_the_in_process_run(beam_services, min
     order, ref_order = np.argsort(ids), np.argsort(ref_ids)
     assert [ids[i] for i in order] == [ref_ids[i] for i in ref_order]
     np.testing.assert_allclose(vectors[order], ref_vectors[ref_order], atol=1e-6)
+    assert _rejected_rows(f"{base}/out") == _rejected_rows(str(tmp_path / "local")) != []
     assert any((tmp_path / "pool-cache").rglob("saved_model.pb")), "the workers resolve the s3:// handle themselves"
+
+
+def _rejected_rows(out: str) -> list[tuple]:
+    """(id, reason) of every dead letter of a finished run (sources differ: s3:// vs a local folder)."""
+    import pyarrow.parquet as pq
+
+    from hubbeam.pipeline.output import read_manifest
+
+    rows = []
+    for entry in read_manifest(out)["outputs"]["rejected"]:
+        with storage.open(storage.join(out, entry["file"])) as f:
+            rows += [(r["id"], r["reason"]) for r in pq.read_table(f, columns=["id", "reason"]).to_pylist()]
+    return sorted(rows)
 
 
 @pytest.mark.timeout(600)
