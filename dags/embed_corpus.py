@@ -21,6 +21,7 @@ from airflow.sdk import DAG, Param, task
 
 from hubbeam.orchestration import airflow_support as support
 from hubbeam.orchestration import layout
+from hubbeam.pipeline.options import EmbedJob
 
 CORPUS = support.asset("corpus")
 EMBEDDINGS = support.asset("embeddings")
@@ -45,7 +46,7 @@ with DAG(
         "corpus_root": Param(layout.corpus_root(), type="string", minLength=1),
         "embeddings_root": Param(layout.embeddings_root(), type="string", minLength=1),
         "runner": Param("FnApiRunner", enum=support.RUNNERS),
-        "batch_size": Param(64, type="integer", minimum=1, maximum=4096),
+        "batch_size": Param(EmbedJob.batch_size, type="integer", minimum=1, maximum=4096),
         "allow_unsafe_ops": Param(False, type="boolean", description="run a module whose serving functions "
                                   "read or write files (see `hubbeam inspect`); recorded in each manifest"),
         "beam_options": Param({}, type="object", description="extra Beam pipeline options, e.g. "

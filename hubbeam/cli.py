@@ -11,6 +11,8 @@ import sys
 
 from hubbeam import __version__
 from hubbeam.errors import HubbeamError
+from hubbeam.pipeline.options import ALLOW_UNSAFE_OPS_HELP
+from hubbeam.pipeline.options import add_arguments as add_embed_arguments
 
 
 def _cmd_resolve(args) -> int:
@@ -50,6 +52,7 @@ def _cmd_encode(args) -> int:
     import numpy as np
 
     from hubbeam.hub.loader import load
+    from hubbeam.inspection.lookup import short
 
     embedder = load(args.module, signature=args.signature, output_key=args.output_key,
                     allow_unsafe_ops=args.allow_unsafe_ops)
@@ -89,7 +92,7 @@ def _cmd_encode(args) -> int:
     print(f"{len(labels)} inputs -> {vectors.shape[1]}-d embeddings")
     for i, (label, vector) in enumerate(zip(labels, vectors)):
         preview = " ".join(f"{v:+.3f}" for v in vector[:4])
-        print(f"  [{i}] norm={np.linalg.norm(vector):.3f} [{preview} …]  {_short(label)}")
+        print(f"  [{i}] norm={np.linalg.norm(vector):.3f} [{preview} …]  {short(label, 60)}")
     if len(labels) > 1:
         norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         cosine = (vectors / norms) @ (vectors / norms).T
@@ -100,64 +103,13 @@ def _cmd_encode(args) -> int:
     return 0
 
 
-ALLOW_UNSAFE_OPS_HELP = ("load the module even if its serving functions read or write files or run Python "
-                         "(see `hubbeam inspect`): only for a module you trust")
-
-
-def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job's own flags (defaults: EmbedJob's). Each --dashed-name also answers to --dashed_name: Airflow's
-    Beam operator writes pipeline options in that form."""
-    from hubbeam.pipeline.job import EmbedJob
-    from hubbeam.pipeline.sources import FORMATS
-
-    def option(name: str, **kwargs):
-        aliases = [f"--{name.replace('-', '_')}"] if "-" in name else []
-        parser.add_argument(f"--{name}", *aliases, **kwargs)
-
-    option("input", required=True, help="glob of input shards (local, gs://, s3:// via Beam filesystems)")
-    option("output", required=True, help="output folder; a rerun replaces it cleanly")
-    option("module", required=True, help="module handle (folder, .tar.gz, https://, gs://, s3://)")
-    option("input-format", choices=FORMATS, default="auto",
-           help="default: from each file's extension (.parquet .jsonl .csv .tsv .txt, image types)")
-    option("id-column", default="id", help="id field (default: id; missing -> FILE:ROW)")
-    option("text-column", default="text", help="text field (default: text)")
-    option("image-column", default="image", help="binary image column in Parquet (default: image)")
-    option("keep-columns", default="", help="comma-separated input columns copied to the output")
-    option("signature", help="module signature (default: 'default')")
-    option("output-key", help="named output (default: 'default')")
-    option("sha256", help="pin the module's sha256 (archive or tree digest)")
-    option("batch-size", type=int, default=EmbedJob.batch_size,
-           help=f"most rows per model call (default: {EmbedJob.batch_size})")
-    option("chunk-rows", type=int, default=EmbedJob.chunk_rows,
-           help=f"rows sorted by length together before batching (default: {EmbedJob.chunk_rows})")
-    option("max-text-chars", type=int, default=EmbedJob.max_text_chars,
-           help=f"longer texts are truncated and flagged truncated=true (default: {EmbedJob.max_text_chars})")
-    option("float16", action="store_true", help="store embeddings as float16")
-    option("num-shards", type=int, default=0, help="output shards (default: runner decides)")
-    option("parquet-codec", default="snappy", help="Parquet compression (default: snappy)")
-    option("allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP + " (recorded in the manifest)")
-
-
-def _embed_job(args: argparse.Namespace):
-    from hubbeam.pipeline.job import EmbedJob
-
-    if args.batch_size < 1 or args.chunk_rows < 1 or args.max_text_chars < 1:
-        raise HubbeamError("--batch-size, --chunk-rows and --max-text-chars must be positive")
-    return EmbedJob(
-        input=args.input, output=args.output.rstrip("/") or "/", module=args.module, input_format=args.input_format,
-        id_column=args.id_column, text_column=args.text_column, image_column=args.image_column,
-        keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()], signature=args.signature,
-        output_key=args.output_key, sha256=args.sha256, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
-        max_text_chars=args.max_text_chars, float16=args.float16, num_shards=args.num_shards,
-        parquet_codec=args.parquet_codec, allow_unsafe_ops=args.allow_unsafe_ops,
-    )
-
 
 def _cmd_embed(args) -> int:
     from hubbeam.pipeline.job import run_embed, summary
+    from hubbeam.pipeline.options import job_from_args
 
     _import_beam_quietly()
-    job = _embed_job(args)
+    job = job_from_args(args)
     manifest = run_embed(job, args.beam_args)
     print(summary(manifest, job.output))
     return 0
@@ -390,11 +342,6 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubbeam",
@@ -456,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default runner: FnApiRunner, in-process; e.g. --direct_running_mode=multi_processing "
                     "--direct_num_workers=2, or --runner=DataflowRunner/FlinkRunner/SparkRunner/PortableRunner …).",
         epilog="example: hubbeam embed --input 'corpus/*.jsonl' --output out/ --module build/modules/minilm")
-    _add_embed_arguments(p)
+    add_embed_arguments(p)
     p.set_defaults(func=_cmd_embed)
     _add_module_commands(sub, handle_help)
     _add_inspection_commands(sub, handle_help)

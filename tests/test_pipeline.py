@@ -307,9 +307,8 @@ def test_in_process_run_reuses_the_launchers_model(tmp_path, mixed_text_corpus, 
     import apache_beam as beam
 
     from hubbeam.pipeline.job import build_pipeline, pipeline_options
-    from hubbeam.pipeline.model import ModelHandle, ModuleSpec, take_pending_loads
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec
 
-    take_pending_loads()
     job = EmbedJob(input=mixed_text_corpus[0], output=str(tmp_path / "out"), module=str(tiny_wordvec_module),
                    batch_size=2, chunk_rows=2)
     options, runner = pipeline_options([])

@@ -17,16 +17,18 @@ import io
 import os
 import posixpath
 import sqlite3
+from typing import TypedDict
 
 from hubbeam import storage
 from hubbeam.errors import HubbeamError
+from hubbeam.pipeline.output import MANIFEST as SNAPSHOT_MANIFEST
 from hubbeam.pipeline.output import SUCCESS
+from hubbeam.pipeline.sources import IMAGE_SUFFIXES
 
 TEXT_DIR = "text"
 IMAGES_DIR = "images"
 DEFAULT_SHARD_ROWS = 50_000
 FETCH_ROWS = 1000  # rows per round trip of the server-side cursor
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
@@ -194,18 +196,33 @@ def _modified(info: dict) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def finish_snapshot(snapshot_dir: str, interval: tuple[dt.datetime | None, dt.datetime], parts: dict) -> dict:
+class SnapshotManifest(TypedDict):
+    """SNAPSHOT/manifest.json: written by finish_snapshot, read by read_snapshot_manifest."""
+
+    snapshot: str
+    data_interval_start: str | None
+    data_interval_end: str
+    rows: dict[str, int]  # per part (text, images)
+    parts: dict[str, dict]
+
+
+def finish_snapshot(snapshot_dir: str, interval: tuple[dt.datetime | None, dt.datetime],
+                    parts: dict) -> SnapshotManifest:
     """Write the snapshot's manifest, then _SUCCESS: from here on the snapshot is complete and immutable."""
-    manifest = {
+    manifest: SnapshotManifest = {
         "snapshot": os.path.basename(snapshot_dir.rstrip("/")),
         "data_interval_start": interval[0].isoformat() if interval[0] else None,
         "data_interval_end": interval[1].isoformat(),
         "rows": {kind: part["rows"] for kind, part in parts.items()},
         "parts": parts,
     }
-    storage.write_json(storage.join(snapshot_dir, "manifest.json"), manifest)
+    storage.write_json(storage.join(snapshot_dir, SNAPSHOT_MANIFEST), manifest)
     storage.write_json(storage.join(snapshot_dir, SUCCESS), {})
     return manifest
+
+
+def read_snapshot_manifest(snapshot_dir: str) -> SnapshotManifest | None:
+    return storage.read_json(storage.join(snapshot_dir, SNAPSHOT_MANIFEST))
 
 
 def finished_snapshots(corpus_root: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hubbeam import storage
 from hubbeam.errors import HubbeamError
-from hubbeam.orchestration.corpus import IMAGES_DIR, TEXT_DIR, finished_snapshots
+from hubbeam.orchestration.corpus import IMAGES_DIR, TEXT_DIR, finished_snapshots, read_snapshot_manifest
 from hubbeam.pipeline.output import SUCCESS
 
 
@@ -32,7 +32,7 @@ def plan_embedding(corpus_root: str, embeddings_root: str, module: str, input_ki
     part = TEXT_DIR if identity["kind"] == "text" else IMAGES_DIR
     plan = []
     for snapshot in finished_snapshots(corpus_root):
-        manifest = storage.read_json(storage.join(corpus_root, snapshot, "manifest.json")) or {}
+        manifest = read_snapshot_manifest(storage.join(corpus_root, snapshot)) or {}
         if not (manifest.get("rows") or {}).get(part):
             continue
         output = storage.join(embeddings_root, identity["folder"], snapshot, part)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from dataclasses import dataclass, field
 
 from hubbeam import __version__
 from hubbeam.errors import HubbeamError, JobFailedError
+from hubbeam.pipeline.options import EmbedJob
+from hubbeam.pipeline.output import JobMetrics, Manifest
 from hubbeam.pipeline.sources import InputSpec, file_format_error, match_inputs
 
 log = logging.getLogger(__name__)
@@ -22,30 +23,6 @@ DEFAULT_RUNNER = "FnApiRunner"
 EMBEDDED = ""  # the outcome tally's key for embedded rows; every other key is a rejection reason
 _PARQUET_TYPE_ALIASES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
                          "float32", "float64", "bool", "string", "large_string", "date32", "binary"}
-
-
-@dataclass
-class EmbedJob:
-    """Everything `hubbeam embed` takes besides Beam's own options."""
-
-    input: str
-    output: str
-    module: str
-    input_format: str = "auto"
-    id_column: str = "id"
-    text_column: str = "text"
-    image_column: str = "image"
-    keep_columns: list[str] = field(default_factory=list)
-    signature: str | None = None
-    output_key: str | None = None
-    sha256: str | None = None
-    batch_size: int = 64
-    chunk_rows: int = 512
-    max_text_chars: int = 20_000
-    float16: bool = False
-    num_shards: int = 0
-    parquet_codec: str = "snappy"
-    allow_unsafe_ops: bool = False
 
 
 def pipeline_options(beam_args: list[str]):
@@ -110,7 +87,7 @@ def _extra_types(job: EmbedJob, files: list[str]) -> dict:
 
 
 def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str, runner: str):
-    """Add the whole job to pipeline; the final step writes manifest and _SUCCESS.
+    """Add the whole job to pipeline: read -> embed -> write shards -> one final step (manifest, _SUCCESS).
 
     model is the launcher's ModelHandle, already loaded: in-process runners reuse that very model.
     """
@@ -119,24 +96,17 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.transforms import (INPUT_COUNTS, REJECTED, CoalesceTables, EmbedImages, EmbedText,
-                                             ReadRows)
-    from hubbeam.pipeline.shards import CountDuplicateIds, RowsToTables, WriteShards
+    from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, EmbedImages, EmbedText, ReadRows
 
-    embedder = model.acquire().embedder
-    kind = embedder.input_kind
-    spec = InputSpec(kind=kind, format=job.input_format, id_column=job.id_column, text_column=job.text_column,
-                     image_column=job.image_column, keep_columns=tuple(job.keep_columns), chunk_rows=job.chunk_rows,
-                     max_text_chars=job.max_text_chars)
-    provenance = {"module_handle": embedder.handle, "module_sha256": embedder.module_sha256,
-                  "signature": embedder.signature, "output_key": embedder.output_key, "dim": embedder.dim,
-                  "dtype": "float16" if job.float16 else "float32", "version": __version__,
-                  "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
-    schema = out.embeddings_schema(embedder.dim, kind, _extra_types(job, files), provenance, job.float16)
+    described = model.acquire().description
+    spec = InputSpec(kind=described.input_kind, format=job.input_format, id_column=job.id_column,
+                     text_column=job.text_column, image_column=job.image_column, keep_columns=tuple(job.keep_columns),
+                     chunk_rows=job.chunk_rows, max_text_chars=job.max_text_chars)
+    schema = _embeddings_schema(job, described, files, run_id)
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
-    transform = (EmbedText if kind == "text" else EmbedImages)(
-        model.pinned(embedder.module_sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
-        image_size=embedder.image_size, reshuffle=spreads_work(pipeline.options))
+    transform = (EmbedText if described.input_kind == "text" else EmbedImages)(
+        model.pinned(described.sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
+        image_size=described.image_size, reshuffle=spreads_work(pipeline.options))
 
     read = (pipeline
             | "Match" >> fileio.MatchFiles(job.input)
@@ -144,8 +114,44 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
             | "Read" >> beam.ParDo(ReadRows(spec)).with_outputs(REJECTED, INPUT_COUNTS, main="rows"))
     embedded = read.rows | "EmbedRows" >> transform
     rejected = (read[REJECTED], embedded[REJECTED]) | "AllRejected" >> beam.Flatten()
+    shards, duplicates, tally = _write_outputs(embedded.embeddings, rejected, staging, schema, job)
 
-    tables = embedded.embeddings | "RowGroups" >> beam.ParDo(CoalesceTables())
+    manifest_base = _manifest_base(job, described, run_id, runner)
+
+    def finalize(_, shards, input_counts, tally, duplicates):
+        reasons = {reason: n for reason, n in tally.items() if reason != EMBEDDED}
+        out.finalize(job.output, staging, shards, input_counts, tally.get(EMBEDDED, 0), sum(reasons.values()),
+                     reasons, duplicates, manifest_base)
+
+    (pipeline
+     | "Once" >> beam.Create([None])
+     | "Finalize" >> beam.Map(finalize, AsList(shards), AsList(read[INPUT_COUNTS]), AsDict(tally),
+                              AsSingleton(duplicates)))
+
+
+def _embeddings_schema(job: EmbedJob, described, files: list[str], run_id: str):
+    from hubbeam.pipeline import output as out
+
+    provenance = {**described.provenance(), "dtype": _dtype(job), "version": __version__,
+                  "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
+    return out.embeddings_schema(described.dim, described.input_kind, _extra_types(job, files), provenance,
+                                 job.float16)
+
+
+def _dtype(job: EmbedJob) -> str:
+    return "float16" if job.float16 else "float32"
+
+
+def _write_outputs(embeddings, rejected, staging: str, schema, job: EmbedJob):
+    """Embedding tables and dead letters -> staged shards; also what finalize needs to know of them:
+    (ShardFile records, the DuplicateIds summary, the tally of outcomes)."""
+    import apache_beam as beam
+
+    from hubbeam.pipeline import output as out
+    from hubbeam.pipeline.shards import CountDuplicateIds, RowsToTables, WriteShards
+    from hubbeam.pipeline.transforms import CoalesceTables
+
+    tables = embeddings | "RowGroups" >> beam.ParDo(CoalesceTables())
     rejected_tables = rejected | "RejectedTables" >> beam.ParDo(RowsToTables(out.rejected_schema()))
     shards = ((tables | "WriteEmbeddings" >> WriteShards(out.EMBEDDINGS_PREFIX, staging, schema, job.parquet_codec,
                                                          job.num_shards),
@@ -159,37 +165,33 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
               rejected | "Reasons" >> beam.Map(lambda r: (r.reason, 1)))
              | "Outcomes" >> beam.Flatten()
              | "Tally" >> beam.CombinePerKey(sum))
+    return shards, duplicates, tally
 
-    manifest_base = {
+
+def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
+    from hubbeam.pipeline.output import ManifestBase
+
+    base: ManifestBase = {
         "hubbeam_version": __version__,
         "run_id": run_id,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "runner": runner,
         "input": job.input,
-        "module": {"handle": embedder.handle, "sha256": embedder.module_sha256, "signature": embedder.signature,
-                   "output_key": embedder.output_key, "dim": embedder.dim, "input_kind": kind,
-                   "image_size": list(embedder.image_size) if embedder.image_size else None,
-                   "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(embedder)},
-        "dtype": provenance["dtype"],
+        "module": {"handle": described.handle, "sha256": described.sha256, "signature": described.signature,
+                   "output_key": described.output_key, "dim": described.dim, "input_kind": described.input_kind,
+                   "image_size": list(described.image_size) if described.image_size else None,
+                   "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(described)},
+        "dtype": _dtype(job),
         "batch_size": job.batch_size,
     }
-
-    def finalize(_, shards, input_counts, tally, duplicates):
-        reasons = {reason: n for reason, n in tally.items() if reason != EMBEDDED}
-        out.finalize(job.output, staging, shards, input_counts, tally.get(EMBEDDED, 0), sum(reasons.values()),
-                     reasons, duplicates, manifest_base)
-
-    (pipeline
-     | "Once" >> beam.Create([None])
-     | "Finalize" >> beam.Map(finalize, AsList(shards), AsList(read[INPUT_COUNTS]), AsDict(tally),
-                              AsSingleton(duplicates)))
+    return base
 
 
-def _unsafe_ops(embedder) -> dict[str, list[str]]:
+def _unsafe_ops(described) -> dict[str, list[str]]:
     """What the audit found and --allow-unsafe-ops let through, per serving function (provenance)."""
     from hubbeam.hub.audit import audit_module
 
-    return {name: list(ops) for name, ops in sorted(audit_module(embedder.path).unsafe.items())}
+    return {name: list(ops) for name, ops in sorted(audit_module(described.path).unsafe.items())}
 
 
 def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
@@ -219,13 +221,13 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     model = model or ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256,
                                             job.allow_unsafe_ops))
     loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again
-    embedder = loaded.embedder
-    kind = embedder.input_kind
+    described = loaded.description
+    kind = described.input_kind
     if kind not in ("text", "image"):
-        raise HubbeamError(f"signature {embedder.signature!r} of {embedder.handle} takes several inputs "
-                           f"({', '.join(sorted(embedder.input_specs))}); hubbeam embed needs one text or image input")
-    if kind == "image" and embedder.image_size is None:
-        raise HubbeamError(f"{embedder.handle} declares no image size; cannot resize images for it")
+        raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes several inputs "
+                           f"({', '.join(described.input_names)}); hubbeam embed needs one text or image input")
+    if kind == "image" and described.image_size is None:
+        raise HubbeamError(f"{described.handle} declares no image size; cannot resize images for it")
     spec = InputSpec(kind=kind, format=job.input_format)
     usable = [f for f in files if file_format_error(spec, spec.format_of(f)) is None]
     if not usable:
@@ -258,7 +260,7 @@ def _last_line(exc: Exception) -> str:
     return lines[-1][:500] if lines else type(exc).__name__
 
 
-def job_metrics(result) -> dict | None:
+def job_metrics(result) -> JobMetrics | None:
     """The job's own Beam counters as the runner reports them (summed over steps): module_loads, bundles,
     batches, padded_chars, rows read/embedded/rejected, and worker_processes (processes that embedded rows).
     None when the runner reports no metrics."""
@@ -278,7 +280,7 @@ def job_metrics(result) -> dict | None:
     return {**dict(sorted(totals.items())), "worker_processes": len(workers)} if totals else None
 
 
-def summary(manifest: dict, output: str) -> str:
+def summary(manifest: Manifest, output: str) -> str:
     if manifest.get("dry_run"):
         from hubbeam.pipeline.dataflow import summary as dry_run_summary
 

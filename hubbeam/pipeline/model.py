@@ -1,13 +1,16 @@
-"""The model's lifecycle behind a small interface, as Beam's ml/inference/base.py does: the pipeline asks
-for a model by spec, gets batches embedded, and never touches TensorFlow itself.
+"""The model's lifecycle behind a small interface, as Beam's ml/inference/base.py does: the pipeline holds a
+`ModelLoader` (picklable: which model, and how to load it), gets an `EmbeddingModel` on each worker, asks it to
+describe itself and to embed batches, and never touches TensorFlow itself. A second backend (a preprocessor +
+encoder pair, another runtime) is a new ModelLoader and EmbeddingModel, not an edit to the transforms.
 
-One module is loaded per worker *process* and shared by its threads and DoFn instances
-(`apache_beam.utils.shared.Shared`); loads are counted in the Beam metric `hubbeam:module_loads`.
+One model is loaded per worker *process* and shared by its threads and DoFn instances
+(`apache_beam.utils.shared.Shared`); each load is reported once, by the first bundle that uses the model,
+in the Beam metric `hubbeam:module_loads` (Beam records metrics only inside bundles).
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
-
 import logging
 import threading
 import time
@@ -17,13 +20,65 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_pending_loads = 0
-_pending_lock = threading.Lock()
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the pipeline needs to know of a model: its provenance and the shape of its input and output."""
+
+    handle: str  # without credentials: written into outputs
+    sha256: str  # content digest: workers elsewhere are pinned to it
+    signature: str
+    output_key: str
+    dim: int
+    input_kind: str  # "text", "image", or "tensors" (several inputs: not embeddable by the job)
+    image_size: tuple[int, int] | None = None
+    path: str | None = None  # the resolved local folder, for the audit's provenance
+    input_names: tuple[str, ...] = ()
+
+    def provenance(self) -> dict:
+        """The key-value metadata (hubbeam.*) every embeddings shard carries about its model."""
+        return {"module_handle": self.handle, "module_sha256": self.sha256, "signature": self.signature,
+                "output_key": self.output_key, "dim": self.dim}
+
+
+class EmbeddingModel(abc.ABC):
+    """A loaded model, shared by one worker process's threads."""
+
+    description: ModelDescription
+
+    def __init__(self):
+        self._load_reported = False
+        self._lock = threading.Lock()
+
+    @abc.abstractmethod
+    def embed(self, inputs) -> np.ndarray:
+        """A batch (list of str, or a float array [N, H, W, 3]) -> float32 [N, dim]."""
+
+    def take_load(self) -> int:
+        """1 the first time it is asked (that bundle reports this load), then 0."""
+        with self._lock:
+            reported, self._load_reported = self._load_reported, True
+        return 0 if reported else 1
+
+
+class ModelLoader(abc.ABC):
+    """Picklable: says which model and loads it; `tag` says which loads may share one model."""
+
+    @property
+    @abc.abstractmethod
+    def tag(self) -> str: ...
+
+    @abc.abstractmethod
+    def load(self) -> EmbeddingModel: ...
+
+    @abc.abstractmethod
+    def pinned(self, sha256: str) -> "ModelLoader":
+        """The same model, with loads elsewhere required to have exactly this content."""
 
 
 @dataclass(frozen=True)
-class ModuleSpec:
-    """Which module to run. sha256 pins workers to exactly the module the launcher inspected."""
+class ModuleSpec(ModelLoader):
+    """A TF Hub module by handle. sha256 pins workers to exactly the module the launcher inspected."""
 
     handle: str
     signature: str | None = None
@@ -39,53 +94,54 @@ class ModuleSpec:
 
         return f"{without_pin(self.handle)}|{self.signature}|{self.output_key}|{self.allow_unsafe_ops}"
 
+    def load(self) -> "HubModule":
+        return HubModule(self)
 
-class LoadedModule:
-    """A loaded Embedder plus what the pipeline needs to know about it. Weak-referenceable for Shared."""
+    def pinned(self, sha256: str) -> "ModuleSpec":
+        from hubbeam.hub.handles import without_pin
+
+        # The tree digest replaces a pin the handle may carry (an archive's digest would conflict with it).
+        return dataclasses.replace(self, handle=without_pin(self.handle), sha256=sha256)
+
+
+class HubModule(EmbeddingModel):
+    """A module loaded with hubbeam.hub.loader. Weak-referenceable, as Shared needs."""
 
     def __init__(self, spec: ModuleSpec):
-        global _pending_loads
+        super().__init__()
         from hubbeam.hub.loader import load
 
         started = time.monotonic()
         self.embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256,
                              allow_unsafe_ops=spec.allow_unsafe_ops)
         self.load_seconds = time.monotonic() - started
-        with _pending_lock:
-            _pending_loads += 1
-        log.info("loaded %s in %.1fs", self.embedder.handle, self.load_seconds)  # spec.handle may hold credentials
+        e = self.embedder
+        self.description = ModelDescription(
+            handle=e.handle, sha256=e.module_sha256, signature=e.signature, output_key=e.output_key, dim=e.dim,
+            input_kind=e.input_kind, image_size=tuple(e.image_size) if e.image_size else None, path=e.path,
+            input_names=tuple(sorted(e.input_specs)))
+        log.info("loaded %s in %.1fs", e.handle, self.load_seconds)  # spec.handle may hold credentials
 
     def embed(self, inputs) -> np.ndarray:
         return np.asarray(self.embedder(inputs), dtype=np.float32)
 
 
-def take_pending_loads() -> int:
-    """Loads since the last call: reported from inside a bundle, where Beam metrics are recorded."""
-    global _pending_loads
-    with _pending_lock:
-        count, _pending_loads = _pending_loads, 0
-    return count
-
-
 class ModelHandle:
     """Picklable: created at pipeline construction, resolved to the process-wide model on a worker."""
 
-    def __init__(self, spec: ModuleSpec):
+    def __init__(self, loader: ModelLoader):
         from apache_beam.utils.shared import Shared
 
-        self.spec = spec
+        self.spec = loader
         self._shared = Shared()
 
-    def acquire(self) -> LoadedModule:
-        return self._shared.acquire(lambda: LoadedModule(self.spec), tag=self.spec.tag)
+    def acquire(self) -> EmbeddingModel:
+        return self._shared.acquire(self.spec.load, tag=self.spec.tag)
 
     def pinned(self, sha256: str) -> "ModelHandle":
         """The same process-wide model, with workers elsewhere pinned to exactly this content."""
         other = ModelHandle.__new__(ModelHandle)
-        from hubbeam.hub.handles import without_pin
-
-        # The tree digest replaces a pin the handle may carry (an archive's digest would conflict with it).
-        other.spec = dataclasses.replace(self.spec, handle=without_pin(self.spec.handle), sha256=sha256)
+        other.spec = self.spec.pinned(sha256)
         other._shared = self._shared
         return other
 
@@ -127,7 +183,7 @@ def text_batches(values: list[str], batch_size: int, budget_chars: int) -> list[
     return batches
 
 
-def embed_isolating_failures(model: LoadedModule, inputs, on_failure) -> list[tuple[list[int], np.ndarray]]:
+def embed_isolating_failures(model: EmbeddingModel, inputs, on_failure) -> list[tuple[list[int], np.ndarray]]:
     """Embed a batch; if it fails, bisect to isolate the rows that fail and report them to on_failure."""
     try:
         return [(list(range(len(inputs))), model.embed(inputs))]

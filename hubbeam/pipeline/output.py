@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import posixpath
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -36,6 +37,82 @@ EMBEDDINGS_PREFIX = "embeddings"
 REJECTED_PREFIX = "rejected"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SUFFIX = ".parquet"
+
+
+class ModuleProvenance(TypedDict):
+    """Which module made the vectors (also written into every shard's key-value metadata as hubbeam.*)."""
+
+    handle: str
+    sha256: str
+    signature: str
+    output_key: str
+    dim: int
+    input_kind: str
+    image_size: list[int] | None
+    allow_unsafe_ops: bool
+    unsafe_ops: dict[str, list[str]]  # what the audit found and --allow-unsafe-ops let through, per function
+
+
+class ShardEntry(TypedDict):
+    file: str  # name in the output folder
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class InputEntry(TypedDict):
+    path: str
+    rows: int
+
+
+class Outputs(TypedDict):
+    embeddings: list[ShardEntry]
+    rejected: list[ShardEntry]
+
+
+class JobMetrics(TypedDict, total=False):
+    """The job's Beam counters, summed over steps (hubbeam.pipeline.job.job_metrics)."""
+
+    module_loads: int
+    worker_processes: int
+    bundles: int
+    batches: int
+    padded_chars: int
+    rows_read: int
+    rows_embedded: int
+    rows_rejected: int
+
+
+class ManifestBase(TypedDict):
+    """What the launcher knows before the job runs."""
+
+    hubbeam_version: str
+    run_id: str
+    started_at: str
+    runner: str
+    input: str
+    module: ModuleProvenance
+    dtype: str
+    batch_size: int
+
+
+class Manifest(ManifestBase):
+    """DIR/manifest.json: written by finalize (write_manifest), read by read_manifest; every reader of a
+    finished run (search, report, the DAGs' checks, the demo) goes through those two."""
+
+    finished_at: str
+    seconds: float
+    rows_read: int
+    rows_embedded: int
+    rows_rejected: int
+    rows_per_second: float
+    rejected_by_reason: dict[str, int]
+    duplicate_ids: int
+    duplicate_id_examples: list[str]
+    inputs: list[InputEntry]
+    outputs: Outputs
+    finalize_seconds: float
+    metrics: NotRequired[JobMetrics | None]  # added once the pipeline has ended (add_metrics)
 
 
 def join(directory: str, name: str) -> str:
@@ -106,7 +183,7 @@ def prepare_output_dir(out_dir: str) -> None:
 
 
 def finalize(out_dir: str, staging: str, shards: list, input_counts: list[tuple[str, int]], rows_embedded: int,
-             rows_rejected: int, rejected_by_reason: dict, duplicates, manifest_base: dict) -> dict:
+             rows_rejected: int, rejected_by_reason: dict, duplicates, manifest_base: ManifestBase) -> Manifest:
     """Check the accounting, move the staged shards into place, write the manifest, then _SUCCESS.
 
     shards are hubbeam.pipeline.shards.ShardFile records and duplicates a DuplicateIds, both computed by the
@@ -153,7 +230,7 @@ def finalize(out_dir: str, staging: str, shards: list, input_counts: list[tuple[
     finished = dt.datetime.now(dt.timezone.utc)
     started = dt.datetime.fromisoformat(manifest_base["started_at"])
     seconds = max((finished - started).total_seconds(), 1e-9)
-    manifest = {
+    manifest: Manifest = {
         **manifest_base,
         "finished_at": finished.isoformat(timespec="milliseconds"),
         "seconds": round(seconds, 3),
@@ -168,7 +245,7 @@ def finalize(out_dir: str, staging: str, shards: list, input_counts: list[tuple[
         "outputs": outputs,
         "finalize_seconds": round(time.perf_counter() - began, 3),
     }
-    _write_text(join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out_dir, manifest)
     # last: nothing of this run is left to do. Not empty: an object store cannot complete a 0-part upload.
     _write_text(join(out_dir, SUCCESS), json.dumps({"run_id": manifest["run_id"]}) + "\n")
     return manifest
@@ -181,7 +258,12 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode())
 
 
-def read_manifest(out_dir: str) -> dict:
+def write_manifest(out_dir: str, manifest: Manifest) -> None:
+    """Through Beam's filesystems: finalize runs on a worker, which has the pipeline's storage options only."""
+    _write_text(join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(out_dir: str) -> Manifest:
     """The manifest of a finished run; refuses a folder without _SUCCESS (unfinished or being replaced)."""
     from hubbeam import storage
 
@@ -193,14 +275,12 @@ def read_manifest(out_dir: str) -> dict:
     return manifest
 
 
-def add_metrics(out_dir: str, metrics: dict | None) -> dict:
+def add_metrics(out_dir: str, metrics: JobMetrics | None) -> Manifest:
     """The finished run's manifest with the job's metrics added (known only once the pipeline has ended, after
     its last step wrote the manifest); rewritten in one write."""
-    from hubbeam import storage
-
     manifest = read_manifest(out_dir)
     manifest["metrics"] = metrics
-    storage.write_text(storage.join(out_dir, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out_dir, manifest)
     return manifest
 
 

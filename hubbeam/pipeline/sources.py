@@ -11,20 +11,26 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from hubbeam.errors import HubbeamError
 from hubbeam.pipeline import rows as R
+from hubbeam.pipeline.options import CHUNK_ROWS, INPUT_FORMATS, MAX_TEXT_CHARS
 
-FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "image")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-_SUFFIX_FORMATS = {
-    ".parquet": "parquet", ".pq": "parquet",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".csv": "csv", ".tsv": "csv",
-    ".txt": "txt", ".text": "txt",
-    **{suffix: "image" for suffix in IMAGE_SUFFIXES},
-}
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One way of turning a file into rows: the file names it claims, the module inputs it can feed, and the
+    RowReader method that reads an open binary handle into Row / Rejected items. A new format is one entry
+    in FORMATS (and its name in hubbeam.pipeline.options.INPUT_FORMATS, which the CLI offers)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    feeds: frozenset[str]  # input kinds: "text", "image"
+    read: Callable[[RowReader, str, object], Iterator]
 
 
 @dataclass(frozen=True)
@@ -37,29 +43,24 @@ class InputSpec:
     text_column: str = "text"
     image_column: str = "image"
     keep_columns: tuple[str, ...] = ()
-    chunk_rows: int = 512
-    max_text_chars: int = 20_000
+    chunk_rows: int = CHUNK_ROWS
+    max_text_chars: int = MAX_TEXT_CHARS
     max_value_bytes: int = 32 * 1024 * 1024
-    extra_types: dict = field(default_factory=dict)  # column -> pyarrow type name, for pass-through columns
 
     def format_of(self, path: str) -> str | None:
         if self.format != "auto":
             return self.format
         lower = path.lower()
-        for suffix, fmt in _SUFFIX_FORMATS.items():
-            if lower.endswith(suffix):
-                return fmt
-        return None
+        return next((f.name for f in FORMATS.values() if lower.endswith(f.suffixes)), None)
 
 
 def file_format_error(spec: InputSpec, fmt: str | None) -> str | None:
     """Why a file of this format cannot feed a module of spec.kind (None if it can)."""
     if fmt is None:
         return "unknown file type (use --input-format)"
-    if spec.kind == "text" and fmt == "image":
-        return "an image file, but the module takes text"
-    if spec.kind == "image" and fmt not in ("image", "parquet"):
-        return f"a {fmt} file, but the module takes images"
+    if spec.kind not in FORMATS[fmt].feeds:
+        article = "an" if fmt[0] in "aeiou" else "a"
+        return f"{article} {fmt} file, but the module takes {'images' if spec.kind == 'image' else spec.kind}"
     return None
 
 
@@ -77,8 +78,7 @@ class RowReader:
             return
         try:
             with opener() as handle:
-                reader = getattr(self, f"_read_{fmt}")
-                yield from reader(path, handle)
+                yield from FORMATS[fmt].read(self, path, handle)
         except OSError as exc:
             yield R.Rejected(path, path, R.UNREADABLE_FILE, f"cannot read file: {exc}")
 
@@ -189,6 +189,16 @@ class RowReader:
 
     def _read_image(self, path, handle):
         yield self.image_row(path, path, _read_at_most(handle, self.spec.max_value_bytes + 1), {})
+
+
+FORMATS: dict[str, InputFormat] = {f.name: f for f in (
+    InputFormat("parquet", (".parquet", ".pq"), frozenset({"text", "image"}), RowReader._read_parquet),
+    InputFormat("jsonl", (".jsonl", ".ndjson", ".json"), frozenset({"text"}), RowReader._read_jsonl),
+    InputFormat("csv", (".csv", ".tsv"), frozenset({"text"}), RowReader._read_csv),
+    InputFormat("txt", (".txt", ".text"), frozenset({"text"}), RowReader._read_txt),
+    InputFormat("image", IMAGE_SUFFIXES, frozenset({"image"}), RowReader._read_image),
+)}
+assert set(FORMATS) == set(INPUT_FORMATS) - {"auto"}, "every format the CLI offers has a reader"
 
 
 def _read_at_most(handle, limit: int, step: int = 1 << 20) -> bytes:

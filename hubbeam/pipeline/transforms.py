@@ -23,7 +23,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from hubbeam import storage
 from hubbeam.pipeline import rows as R
-from hubbeam.pipeline.model import ModelHandle, ModuleSpec, embed_isolating_failures, take_pending_loads, text_batches
+from hubbeam.pipeline.model import ModelHandle, ModelLoader, ModuleSpec, embed_isolating_failures, text_batches
+from hubbeam.pipeline.options import BATCH_SIZE, CHUNK_ROWS
 from hubbeam.pipeline.sources import InputSpec, RowReader
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class EmbedChunks(beam.DoFn):
         self._done, self._since, self._last_report = 0, time.monotonic(), time.monotonic()
 
     def start_bundle(self):
-        self.loads.inc(take_pending_loads())
+        self.loads.inc(self.model.take_load())
         self.bundles.inc()
         Metrics.counter("hubbeam.workers", f"pid-{os.getpid()}").inc()  # one counter per worker process
         self._decoding = None
@@ -266,13 +267,13 @@ class CoalesceTables(beam.DoFn):
 class _Embed(beam.PTransform):
     kind = "text"
 
-    def __init__(self, module: ModelHandle | ModuleSpec | str, schema=None, batch_size: int = 64,
-                 chunk_rows: int = 512, budget_chars: int | None = None, image_size=None, reshuffle: bool = True):
+    def __init__(self, module: ModelHandle | ModelLoader | str, schema=None, batch_size: int = BATCH_SIZE,
+                 chunk_rows: int = CHUNK_ROWS, budget_chars: int | None = None, image_size=None, reshuffle: bool = True):
         super().__init__()
         if isinstance(module, ModelHandle):
             self.model = module
         else:
-            self.model = ModelHandle(module if isinstance(module, ModuleSpec) else ModuleSpec(module))
+            self.model = ModelHandle(module if isinstance(module, ModelLoader) else ModuleSpec(module))
         self.spec = self.model.spec
         self.schema = schema
         self.batch_size = batch_size
@@ -306,12 +307,9 @@ class EmbedImages(_Embed):
     kind = "image"
 
 
-def _describe(spec: ModuleSpec, kind: str):
-    """Load the module at construction time to learn its dimension and image size (for direct users)."""
-    from hubbeam.hub.loader import load
+def _describe(loader: ModelLoader, kind: str):
+    """Load the model at construction time to learn its dimension and image size (for direct users)."""
     from hubbeam.pipeline.output import embeddings_schema
 
-    embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256)
-    provenance = {"module_handle": embedder.handle, "module_sha256": embedder.module_sha256,
-                  "signature": embedder.signature, "output_key": embedder.output_key, "dim": embedder.dim}
-    return embeddings_schema(embedder.dim, kind, {}, provenance), embedder.image_size
+    description = loader.load().description
+    return embeddings_schema(description.dim, kind, {}, description.provenance()), description.image_size

@@ -1,0 +1,87 @@
+"""The embed job's options, each written once: its type, default and help live on the EmbedJob field, and the
+CLI's flags, the DAG's Params and the transforms' defaults are all read from here.
+
+Light on purpose (no Beam, no TensorFlow): DAG files import it at parse time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from hubbeam.errors import HubbeamError
+
+BATCH_SIZE = 64
+CHUNK_ROWS = 512
+MAX_TEXT_CHARS = 20_000
+ALLOW_UNSAFE_OPS_HELP = ("load the module even if its serving functions read or write files or run Python "
+                         "(see `hubbeam inspect`): only for a module you trust")
+INPUT_FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "image")  # hubbeam.pipeline.sources reads each
+
+
+def _option(default=dataclasses.MISSING, help: str = "", **argparse_kwargs):
+    """A field with its CLI help (and argparse extras such as choices) beside it."""
+    metadata = {"help": help, "argparse": argparse_kwargs}
+    if callable(default) and not isinstance(default, (str, int, float, bool)):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class EmbedJob:
+    """Everything `hubbeam embed` takes besides Beam's own options."""
+
+    input: str = _option(help="glob of input shards (local, gs://, s3:// via Beam filesystems)")
+    output: str = _option(help="output folder; a rerun replaces it cleanly")
+    module: str = _option(help="module handle (folder, .tar.gz, https://, gs://, s3://)")
+    input_format: str = _option("auto", choices=INPUT_FORMATS,
+                                help="default: from each file's extension (.parquet .jsonl .csv .tsv .txt, image types)")
+    id_column: str = _option("id", help="id field (default: id; missing -> FILE:ROW)")
+    text_column: str = _option("text", help="text field (default: text)")
+    image_column: str = _option("image", help="binary image column in Parquet (default: image)")
+    keep_columns: list[str] = _option(list, help="comma-separated input columns copied to the output")
+    signature: str | None = _option(None, help="module signature (default: 'default')")
+    output_key: str | None = _option(None, help="named output (default: 'default')")
+    sha256: str | None = _option(None, help="pin the module's sha256 (archive or tree digest)")
+    batch_size: int = _option(BATCH_SIZE, help=f"most rows per model call (default: {BATCH_SIZE})")
+    chunk_rows: int = _option(CHUNK_ROWS, help=f"rows sorted by length together before batching (default: {CHUNK_ROWS})")
+    max_text_chars: int = _option(MAX_TEXT_CHARS, help="longer texts are truncated and flagged truncated=true "
+                                                       f"(default: {MAX_TEXT_CHARS})")
+    float16: bool = _option(False, help="store embeddings as float16")
+    num_shards: int = _option(0, help="output shards (default: runner decides)")
+    parquet_codec: str = _option("snappy", help="Parquet compression (default: snappy)")
+    allow_unsafe_ops: bool = _option(False, help=ALLOW_UNSAFE_OPS_HELP + " (recorded in the manifest)")
+
+    def __post_init__(self):
+        for name in ("batch_size", "chunk_rows", "max_text_chars"):
+            if getattr(self, name) < 1:
+                raise HubbeamError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        if self.num_shards < 0:
+            raise HubbeamError(f"--num-shards must be 0 (the runner decides) or positive (got {self.num_shards})")
+        self.output = self.output.rstrip("/") or "/"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """EmbedJob's fields as flags. Each --dashed-name also answers to --dashed_name: Airflow's Beam operator
+    writes pipeline options in that form."""
+    for f in dataclasses.fields(EmbedJob):
+        name = f.name.replace("_", "-")
+        flags = [f"--{name}", *([f"--{f.name}"] if "_" in f.name else [])]
+        kwargs = {"help": f.metadata["help"], **f.metadata["argparse"]}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs["required"] = True
+        elif f.type == "bool":
+            kwargs["action"] = "store_true"
+        elif f.type == "list[str]":
+            kwargs["default"] = ""
+        else:
+            kwargs["default"] = f.default
+            if f.type == "int":
+                kwargs["type"] = int
+        parser.add_argument(*flags, **kwargs)
+
+
+def job_from_args(args: argparse.Namespace) -> EmbedJob:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedJob)}
+    values["keep_columns"] = [c.strip() for c in values["keep_columns"].split(",") if c.strip()]
+    return EmbedJob(**values)
