@@ -50,6 +50,7 @@ def _cmd_encode(args) -> int:
     import numpy as np
 
     from hubbeam.hub.loader import load
+    from hubbeam.inspection.lookup import short
 
     embedder = load(args.module, signature=args.signature, output_key=args.output_key,
                     allow_unsafe_ops=args.allow_unsafe_ops)
@@ -89,7 +90,7 @@ def _cmd_encode(args) -> int:
     print(f"{len(labels)} inputs -> {vectors.shape[1]}-d embeddings")
     for i, (label, vector) in enumerate(zip(labels, vectors)):
         preview = " ".join(f"{v:+.3f}" for v in vector[:4])
-        print(f"  [{i}] norm={np.linalg.norm(vector):.3f} [{preview} …]  {_short(label)}")
+        print(f"  [{i}] norm={np.linalg.norm(vector):.3f} [{preview} …]  {short(label, 60)}")
     if len(labels) > 1:
         norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         cosine = (vectors / norms) @ (vectors / norms).T
@@ -388,11 +389,6 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the sample and the example rows (default: 0)")
     source_columns(p)
     p.set_defaults(func=_cmd_report)
-
-
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def build_parser() -> argparse.ArgumentParser:

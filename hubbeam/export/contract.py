@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hubbeam import tfenv
-from hubbeam.errors import HubbeamError
+from hubbeam.errors import HubbeamError, first_line
 
 ATTRIBUTES = ("variables", "trainable_variables", "regularization_losses")
 RTOL, ATOL = 1e-4, 1e-5
@@ -115,7 +115,7 @@ def _check(module_dir, references: dict, primary: str | None, sample, require_tr
     try:
         obj = hub.load(path)
     except Exception as exc:  # noqa: BLE001 - TF's error types vary; the first line says what broke
-        raise ContractError(f"the module does not load with hub.load: {_first_line(exc)}") from exc
+        raise ContractError(f"the module does not load with hub.load: {first_line(exc)}") from exc
     missing = [a for a in ATTRIBUTES if not hasattr(obj, a)]
     if missing:
         raise ContractError(f"the module lacks {', '.join(missing)} (not a reusable SavedModel)")
@@ -150,7 +150,7 @@ def _check(module_dir, references: dict, primary: str | None, sample, require_tr
     except ContractError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ContractError(f"the module does not work as hub.KerasLayer: {_first_line(exc)}") from exc
+        raise ContractError(f"the module does not work as hub.KerasLayer: {first_line(exc)}") from exc
     compare_outputs(layered, called, "hub.KerasLayer vs __call__")
     if require_trainable and len(layer.trainable_weights) != len(trainable):
         raise ContractError(f"hub.KerasLayer(trainable=True) sees {len(layer.trainable_weights)} trainable "
@@ -171,7 +171,7 @@ def _check(module_dir, references: dict, primary: str | None, sample, require_tr
                 # The source fails on the synthesised input as well: it is not valid input for this signature.
                 report["signatures"][name] = {"inputs": sorted(specs), "checked": False}
                 continue
-            raise ContractError(f"signature {name!r} fails on sample input: {_first_line(exc)}") from exc
+            raise ContractError(f"signature {name!r} fails on sample input: {first_line(exc)}") from exc
         entry: dict[str, Any] = {"inputs": sorted(specs), "outputs": sorted(got), "checked": True}
         if expected is not None:
             entry["max_abs_diff"] = compare_outputs(got, expected, f"signature {name!r}")
@@ -195,8 +195,3 @@ def _try(fn, feed: dict):
         return as_numpy(fn(**feed))
     except Exception:  # noqa: BLE001
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -21,12 +21,12 @@ import sqlite3
 from hubbeam import storage
 from hubbeam.errors import HubbeamError
 from hubbeam.pipeline.output import SUCCESS
+from hubbeam.pipeline.sources import IMAGE_SUFFIXES
 
 TEXT_DIR = "text"
 IMAGES_DIR = "images"
 DEFAULT_SHARD_ROWS = 50_000
 FETCH_ROWS = 1000  # rows per round trip of the server-side cursor
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
