@@ -29,10 +29,10 @@ SAMPLE_UPDATED_AT = "2026-01-01 00:00:00"
 
 
 def build_missing(modules_dir: Path) -> dict[str, Path]:
-    from hubbeam.modules import BUILDERS, build_module, is_current
+    from hubbeam.modules import BUNDLED, build_module, is_current
 
     paths = {}
-    for name in BUILDERS:
+    for name in BUNDLED:
         path = (modules_dir / name).resolve()
         if is_current(name, path):
             print(f"[build]   {name}: already built at {path}")
