@@ -222,7 +222,7 @@ def _cmd_finetune(args) -> int:
                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                       eval_fraction=args.eval_fraction, name=args.name, version=args.module_version,
                       allow_unsafe_ops=args.allow_unsafe_ops)
-    print(json.dumps(result.report, indent=2))
+    print(json.dumps(result.report.as_dict(), indent=2))
     return 0
 
 

@@ -25,6 +25,7 @@ _LAZY = {
     "ContractError": "hubbeam.export.contract",
     "finetune": "hubbeam.export.finetuning",
     "FinetuneResult": "hubbeam.export.finetuning",
+    "FinetuneReport": "hubbeam.export.finetuning",
     "pack": "hubbeam.export.packing",
     "PackResult": "hubbeam.export.packing",
     "publish": "hubbeam.export.publishing",

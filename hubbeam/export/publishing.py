@@ -30,6 +30,7 @@ access are reported as one-line errors before anything is written. No TensorFlow
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -64,7 +65,7 @@ class PublishResult:
     cleaned: bool  # leftovers of an interrupted publish were removed first
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 def published_version(dest: str | os.PathLike, name: str, version: str) -> dict | None:

@@ -29,7 +29,9 @@ def published_metric(dest: str, name: str, version: str) -> float | None:
 
 
 def decide(report: dict, dest: str, name: str, version: str) -> dict:
-    """Whether the fine-tuned module should be published as NAME/VERSION, and why."""
+    """Whether the fine-tuned module should be published as NAME/VERSION, and why.
+
+    report: FinetuneReport.as_dict(), the form it crosses Airflow task boundaries in."""
     earlier = [v for v in published_versions(dest, name) if v < version]
     current = earlier[-1] if earlier else None
     current_metric = published_metric(dest, name, current) if current else None
