@@ -14,7 +14,7 @@ help:
 	@echo "make airflow    airflow standalone (UI on http://localhost:8080) on the demo's AIRFLOW_HOME and data"
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make test-long  soak and load tests"
-	@echo "make modules    build minilm, digits, wordvec and use-multilingual into $(MODULES_DIR)/"
+	@echo "make modules    build the bundled modules (hubbeam build-module --list) into $(MODULES_DIR)/NAME"
 	@echo "make bench      pipeline vs the alternatives (BENCHMARKS.md, bench/results.svg); ROWS=20000 by default"
 	@echo "make golden     regenerate the golden vectors (minilm needs PyTorch: installed into .venv-ref)"
 
@@ -30,10 +30,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml docker/require
 	@touch $@
 
 modules: $(STAMP)
-	$(BIN)/python -m hubbeam build-module minilm --out $(MODULES_DIR)/minilm
-	$(BIN)/python -m hubbeam build-module digits --out $(MODULES_DIR)/digits
-	$(BIN)/python -m hubbeam build-module wordvec --out $(MODULES_DIR)/wordvec
-	$(BIN)/python -m hubbeam build-module use-multilingual --out $(MODULES_DIR)/use-multilingual
+	for name in $$($(BIN)/python -m hubbeam build-module --list); do \
+	  $(BIN)/python -m hubbeam build-module $$name --out $(MODULES_DIR)/$$name || exit 1; done
 
 demo: $(STAMP)
 	$(BIN)/python -m hubbeam.demo --workdir build/demo --modules-dir $(MODULES_DIR)

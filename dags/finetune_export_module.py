@@ -68,7 +68,7 @@ with DAG(
                                   image_column=params["image_column"], epochs=params["epochs"],
                                   name=params["name"] or None, version=_version(),
                                   allow_unsafe_ops=params["allow_unsafe_ops"])
-        return result.report
+        return result.report.as_dict()  # XCom carries JSON
 
     @task.short_circuit
     def better_than_published(report: dict, params=None) -> bool:

@@ -4,6 +4,7 @@ Importing the package is cheap on purpose (Airflow parses DAG files that import 
 imported when a module is loaded or built. The public entry points are resolved lazily below.
 """
 import os as _os
+from typing import TYPE_CHECKING
 
 from hubbeam._lazy import lazy_getattr
 
@@ -29,5 +30,21 @@ _LAZY = {
     "HubbeamError": "hubbeam.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time _LAZY serves the same names
+    from hubbeam.errors import HubbeamError
+    from hubbeam.export.create import export_module
+    from hubbeam.export.finetuning import finetune
+    from hubbeam.export.packing import pack
+    from hubbeam.export.publishing import publish
+    from hubbeam.hub.inspect import inspect_module
+    from hubbeam.hub.loader import Embedder, load
+    from hubbeam.hub.resolver import ResolvedModule, resolve, resolve_module
+    from hubbeam.inspection.report import write_report
+    from hubbeam.inspection.search import search
+    from hubbeam.modules import build_module
+
+__all__ = [  # spelled out (not *_LAZY) so that linters see the imports above as exports
+    "__version__", "resolve", "resolve_module", "ResolvedModule", "load", "Embedder", "inspect_module",
+    "build_module", "export_module", "finetune", "pack", "publish", "search", "write_report", "HubbeamError",
+]
 __getattr__ = lazy_getattr(__name__, _LAZY)

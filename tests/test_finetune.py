@@ -107,19 +107,19 @@ def test_finetune_minilm_exports_the_updated_encoder(minilm_module, tmp_path):
     result = hubbeam.export.finetune(str(minilm_module), train, "label", tmp_path / "minilm-reviews",
                                      eval_file=evaluation, epochs=1, batch_size=16, seed=1)
     report = result.report
-    assert report["metric"] == "accuracy" and 0.0 <= report["baseline"] <= 1.0 and 0.0 <= report["finetuned"] <= 1.0
-    assert report["rows"] == {"train": 48, "eval": 16} and report["steps"] == 3
-    assert report["classes"] == ["neg", "pos"] and report["eval"] == str(evaluation)
+    assert report.metric == "accuracy" and 0.0 <= report.baseline <= 1.0 and 0.0 <= report.finetuned <= 1.0
+    assert report.rows == {"train": 48, "eval": 16} and report.steps == 3
+    assert report.classes == ["neg", "pos"] and report.eval == str(evaluation)
     # The reported fine-tuned accuracy is the in-memory model's accuracy on the eval file.
     predicted = result.predict([r["text"] for r in rows[48:]])
-    assert report["finetuned"] == pytest.approx(np.mean([p == r["label"] for p, r in zip(predicted, rows[48:])]))
+    assert report.finetuned == pytest.approx(np.mean([p == r["label"] for p, r in zip(predicted, rows[48:])]))
 
     metadata = read_metadata(result.path)
     assert metadata["name"] == "minilm-finetuned" and metadata["version"] == "1"
     assert metadata["parent"]["handle"] == str(minilm_module)
     assert metadata["parent"]["sha256"] == tree_sha256(minilm_module)
-    assert metadata["finetune"]["baseline"] == report["baseline"]
-    assert metadata["finetune"]["finetuned"] == report["finetuned"]
+    assert metadata["finetune"]["baseline"] == report.baseline
+    assert metadata["finetune"]["finetuned"] == report.finetuned
     assert metadata["input"]["kind"] == "text" and metadata["output_dim"] == 384
     assert (result.path / "assets" / "vocab.txt").read_bytes() == (minilm_module / "assets" / "vocab.txt").read_bytes()
     assert_reusable_like(minilm_module, result.path)
@@ -171,12 +171,12 @@ def test_finetune_digits_on_image_files(digits_module, tmp_path):
     result = hubbeam.export.finetune(str(digits_module), train, "digit", tmp_path / "digits-tuned",
                                      image_column="image", epochs=2, learning_rate=1e-3)
     report = result.report
-    assert report["classes"] == [str(d) for d in range(10)] and report["input_column"] == "image"  # CSV: strings
-    assert report["rows"]["train"] + report["rows"]["eval"] == 300 and 55 <= report["rows"]["eval"] <= 65
-    assert "held out (stratified" in report["eval"]
-    assert report["baseline"] >= 0.8 and report["finetuned"] >= 0.8  # a good encoder stays good
+    assert report.classes == [str(d) for d in range(10)] and report.input_column == "image"  # CSV: strings
+    assert report.rows["train"] + report.rows["eval"] == 300 and 55 <= report.rows["eval"] <= 65
+    assert "held out (stratified" in report.eval
+    assert report.baseline >= 0.8 and report.finetuned >= 0.8  # a good encoder stays good
     metadata = read_metadata(result.path)
-    assert metadata["input"]["image_size"] == [32, 32] and metadata["finetune"]["rows"] == report["rows"]
+    assert metadata["input"]["image_size"] == [32, 32] and metadata["finetune"]["rows"] == report.rows
     assert_reusable_like(digits_module, result.path)
 
     from hubbeam.images import decode_image

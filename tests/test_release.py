@@ -5,7 +5,8 @@ import pytest
 
 import hubbeam
 from hubbeam.errors import HubbeamError
-from hubbeam.orchestration.release import connection_credentials, decide, published_versions
+from hubbeam.orchestration.airflow_support import connection_credentials
+from hubbeam.orchestration.release import decide, published_versions
 
 pytest_plugins = ["tests.servers"]
 

@@ -103,7 +103,7 @@ def test_fine_tunes_and_exports_like_any_other_module(use_module, tmp_path):
                 f.write(json.dumps({"text": text, "label": f"s{i}"}, ensure_ascii=False) + "\n")
     result = finetune(str(use_module), tmp_path / "train.jsonl", "label", tmp_path / "tuned", epochs=1, batch_size=32,
                       learning_rate=1e-3)
-    assert result.report["finetuned"] >= 0.5 and result.report["rows"]["train"] + result.report["rows"]["eval"] == 96
+    assert result.report.finetuned >= 0.5 and result.report.rows["train"] + result.report.rows["eval"] == 96
     tuned = hubbeam.load(str(result.path))
     base = hubbeam.load(str(use_module))
     sample = parallel["de"][6:]

@@ -17,6 +17,8 @@ is resolved on first use; TensorFlow is imported only by export and fine-tune.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hubbeam._lazy import lazy_getattr
 
 _LAZY = {
@@ -25,11 +27,22 @@ _LAZY = {
     "ContractError": "hubbeam.export.contract",
     "finetune": "hubbeam.export.finetuning",
     "FinetuneResult": "hubbeam.export.finetuning",
+    "FinetuneReport": "hubbeam.export.finetuning",
     "pack": "hubbeam.export.packing",
     "PackResult": "hubbeam.export.packing",
     "publish": "hubbeam.export.publishing",
     "PublishResult": "hubbeam.export.publishing",
 }
 
-__all__ = list(_LAZY)
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time _LAZY serves the same names
+    from hubbeam.export.contract import ContractError, check_contract
+    from hubbeam.export.create import export_module
+    from hubbeam.export.finetuning import FinetuneReport, FinetuneResult, finetune
+    from hubbeam.export.packing import PackResult, pack
+    from hubbeam.export.publishing import PublishResult, publish
+
+__all__ = [  # spelled out (not list(_LAZY)) so that linters see the imports above as exports
+    "export_module", "check_contract", "ContractError", "finetune", "FinetuneResult", "FinetuneReport",
+    "pack", "PackResult", "publish", "PublishResult",
+]
 __getattr__ = lazy_getattr(__name__, _LAZY)

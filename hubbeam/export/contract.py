@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hubbeam import tfenv
-from hubbeam.errors import HubbeamError
+from hubbeam.errors import HubbeamError, first_line
 
 ATTRIBUTES = ("variables", "trainable_variables", "regularization_losses")
 RTOL, ATOL = 1e-4, 1e-5
@@ -111,11 +111,32 @@ def check_contract(module_dir: str | os.PathLike, *, references: dict[str, Calla
 def _check(module_dir, references: dict, primary: str | None, sample, require_trainable: bool) -> dict:
     tf = tfenv.tensorflow()
     hub = tfenv.tensorflow_hub_and_text()
-    path = str(module_dir)
     try:
-        obj = hub.load(path)
+        obj = hub.load(str(module_dir))
     except Exception as exc:  # noqa: BLE001 - TF's error types vary; the first line says what broke
-        raise ContractError(f"the module does not load with hub.load: {_first_line(exc)}") from exc
+        raise ContractError(f"the module does not load with hub.load: {first_line(exc)}") from exc
+    call_spec, variables, trainable, losses = _check_reusable(obj, require_trainable)
+    x = np.asarray(sample) if sample is not None else sample_for(call_spec)
+    x_tensor = tf.constant(x, dtype=call_spec.dtype)
+    report: dict[str, Any] = {"call_training_traces": [False, True], "variables": len(variables),
+                              "trainable_variables": len(trainable), "regularization_losses": losses,
+                              "signatures": {}}
+    called = as_numpy(obj(x_tensor))
+    if "__call__" in references:
+        report["call_max_abs_diff"] = compare_outputs(called, as_numpy(references["__call__"](x_tensor)), "__call__")
+    _check_keras_layer(hub, obj, x_tensor, called, trainable, require_trainable)
+    report["keras_layer"] = True
+    for name, fn in sorted(obj.signatures.items()):
+        report["signatures"][name] = _check_signature(name, fn, references, primary, x, x_tensor, call_spec, called)
+    missing_refs = sorted(set(references) - set(obj.signatures) - {"__call__"})
+    if missing_refs:
+        raise ContractError(f"signatures {missing_refs} were not saved")
+    return report
+
+
+def _check_reusable(obj, require_trainable: bool):
+    """(__call__'s input spec, variables, trainable variables, regularization loss values) of a module that
+    has what a reusable SavedModel must have."""
     missing = [a for a in ATTRIBUTES if not hasattr(obj, a)]
     if missing:
         raise ContractError(f"the module lacks {', '.join(missing)} (not a reusable SavedModel)")
@@ -134,15 +155,11 @@ def _check(module_dir, references: dict, primary: str | None, sample, require_tr
             raise ContractError(f"regularization_losses[{i}] must return a finite scalar; "
                                 f"got shape {list(value.shape)}")
         losses.append(float(value))
+    return call_spec, variables, trainable, losses
 
-    x = np.asarray(sample) if sample is not None else sample_for(call_spec)
-    x_tensor = tf.constant(x, dtype=call_spec.dtype)
-    report: dict[str, Any] = {"call_training_traces": [False, True], "variables": len(variables),
-                              "trainable_variables": len(trainable), "regularization_losses": losses,
-                              "signatures": {}}
-    called = as_numpy(obj(x_tensor))
-    if "__call__" in references:
-        report["call_max_abs_diff"] = compare_outputs(called, as_numpy(references["__call__"](x_tensor)), "__call__")
+
+def _check_keras_layer(hub, obj, x_tensor, called, trainable: list, require_trainable: bool) -> None:
+    """hub.KerasLayer over the module gives what __call__ gives and, when trainable, sees all its weights."""
     try:
         layer = hub.KerasLayer(obj, trainable=require_trainable)  # what KerasLayer(path) does after hub.load
         layered = as_numpy(layer(x_tensor))
@@ -150,43 +167,41 @@ def _check(module_dir, references: dict, primary: str | None, sample, require_tr
     except ContractError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ContractError(f"the module does not work as hub.KerasLayer: {_first_line(exc)}") from exc
+        raise ContractError(f"the module does not work as hub.KerasLayer: {first_line(exc)}") from exc
     compare_outputs(layered, called, "hub.KerasLayer vs __call__")
     if require_trainable and len(layer.trainable_weights) != len(trainable):
         raise ContractError(f"hub.KerasLayer(trainable=True) sees {len(layer.trainable_weights)} trainable "
                             f"weights, the module lists {len(trainable)}")
-    report["keras_layer"] = True
 
-    for name, fn in sorted(obj.signatures.items()):
-        specs = fn.structured_input_signature[1]
-        feed = {}
-        for arg, spec in specs.items():
-            same = len(specs) == 1 and spec.dtype == call_spec.dtype and spec.shape.is_compatible_with(x.shape)
-            feed[arg] = x_tensor if same else tf.constant(sample_for(spec), dtype=spec.dtype)
-        expected = _try(references[name], feed) if name in references else None
-        try:
-            got = as_numpy(fn(**feed))
-        except Exception as exc:  # noqa: BLE001
-            if name in references and expected is None:
-                # The source fails on the synthesised input as well: it is not valid input for this signature.
-                report["signatures"][name] = {"inputs": sorted(specs), "checked": False}
-                continue
-            raise ContractError(f"signature {name!r} fails on sample input: {_first_line(exc)}") from exc
-        entry: dict[str, Any] = {"inputs": sorted(specs), "outputs": sorted(got), "checked": True}
-        if expected is not None:
-            entry["max_abs_diff"] = compare_outputs(got, expected, f"signature {name!r}")
-        if name == primary:
-            default = got.get("default") if len(got) != 1 else next(iter(got.values()))
-            if default is None:
-                raise ContractError(f"primary signature {name!r} has no 'default' output")
-            want = called.get("default") if isinstance(called, dict) else called
-            compare_outputs(default, want, f"signature {name!r} vs __call__")
-            entry["agrees_with_call"] = True
-        report["signatures"][name] = entry
-    missing_refs = sorted(set(references) - set(obj.signatures) - {"__call__"})
-    if missing_refs:
-        raise ContractError(f"signatures {missing_refs} were not saved")
-    return report
+
+def _check_signature(name: str, fn, references: dict, primary: str | None, x, x_tensor, call_spec,
+                     called) -> dict:
+    """The report entry of one signature, run on the sample input (or input made for its specs)."""
+    tf = tfenv.tensorflow()
+    specs = fn.structured_input_signature[1]
+    feed = {}
+    for arg, spec in specs.items():
+        same = len(specs) == 1 and spec.dtype == call_spec.dtype and spec.shape.is_compatible_with(x.shape)
+        feed[arg] = x_tensor if same else tf.constant(sample_for(spec), dtype=spec.dtype)
+    expected = _try(references[name], feed) if name in references else None
+    try:
+        got = as_numpy(fn(**feed))
+    except Exception as exc:  # noqa: BLE001
+        if name in references and expected is None:
+            # The source fails on the synthesised input as well: it is not valid input for this signature.
+            return {"inputs": sorted(specs), "checked": False}
+        raise ContractError(f"signature {name!r} fails on sample input: {first_line(exc)}") from exc
+    entry: dict[str, Any] = {"inputs": sorted(specs), "outputs": sorted(got), "checked": True}
+    if expected is not None:
+        entry["max_abs_diff"] = compare_outputs(got, expected, f"signature {name!r}")
+    if name == primary:
+        default = got.get("default") if len(got) != 1 else next(iter(got.values()))
+        if default is None:
+            raise ContractError(f"primary signature {name!r} has no 'default' output")
+        want = called.get("default") if isinstance(called, dict) else called
+        compare_outputs(default, want, f"signature {name!r} vs __call__")
+        entry["agrees_with_call"] = True
+    return entry
 
 
 def _try(fn, feed: dict):
@@ -195,8 +210,3 @@ def _try(fn, feed: dict):
         return as_numpy(fn(**feed))
     except Exception:  # noqa: BLE001
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

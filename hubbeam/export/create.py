@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hubbeam import tfenv
-from hubbeam.errors import HubbeamError, ModuleFormatError
+from hubbeam.errors import HubbeamError, ModuleFormatError, first_line
 from hubbeam.hub.archive import is_saved_model_dir
 from hubbeam.hub.digest import file_sha256, tree_sha256
 from hubbeam.hub.metadata import read_metadata
@@ -314,7 +314,7 @@ def _load_keras(path: Path, flavour: str, custom_objects: dict | None):
     try:
         return keras.models.load_model(str(path), custom_objects=objects, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types; the first line says which layer is missing
-        raise HubbeamError(f"cannot load Keras model {path}: {_first_line(exc)}") from exc
+        raise HubbeamError(f"cannot load Keras model {path}: {first_line(exc)}") from exc
 
 
 def _checkpoint_prefix(path: Path) -> str | None:
@@ -358,7 +358,7 @@ def load_builder(spec: str) -> Callable:
     except HubbeamError:
         raise
     except Exception as exc:  # noqa: BLE001 - the builder's own import errors, reported in one line
-        raise HubbeamError(f"cannot import builder {target}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise HubbeamError(f"cannot import builder {target}: {type(exc).__name__}: {first_line(exc)}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise HubbeamError(f"builder {spec!r}: {target} has no function {attr!r}")
@@ -372,7 +372,7 @@ def _restore(model, path: Path):
         try:
             model.load_weights(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise HubbeamError(f"cannot load weights {path} into the built model: {_first_line(exc)}") from exc
+            raise HubbeamError(f"cannot load weights {path} into the built model: {first_line(exc)}") from exc
         return
     prefix = _checkpoint_prefix(path)
     if prefix is None:
@@ -380,7 +380,7 @@ def _restore(model, path: Path):
     try:
         keys = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     except Exception as exc:  # noqa: BLE001
-        raise HubbeamError(f"cannot read checkpoint {prefix}: {_first_line(exc)}") from exc
+        raise HubbeamError(f"cannot read checkpoint {prefix}: {first_line(exc)}") from exc
     variables = list(getattr(model, "variables", []) or [])
     if not variables:
         raise HubbeamError("the builder returned a model without variables: build it (keras.Input, or call it once)")
@@ -392,7 +392,7 @@ def _restore(model, path: Path):
         status = checkpoint.read(prefix)
         status.assert_existing_objects_matched()
     except Exception as exc:  # noqa: BLE001 - shape mismatches (ValueError), unmatched objects (AssertionError)
-        raise HubbeamError(f"checkpoint {prefix} does not match the built model: {_first_line(exc)}") from exc
+        raise HubbeamError(f"checkpoint {prefix} does not match the built model: {first_line(exc)}") from exc
     status.expect_partial()  # optimizer slots and the like may be left over
 
 
@@ -411,7 +411,7 @@ def _source_from(source, builder, custom_objects) -> _Source:
         except HubbeamError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise HubbeamError(f"the builder failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise HubbeamError(f"the builder failed: {type(exc).__name__}: {first_line(exc)}") from exc
         _restore(model, path)
         name = builder if isinstance(builder, str) else getattr(builder, "__qualname__", repr(builder))
         return _object_source(model, {"kind": "checkpoint", "path": str(path), "builder": name})
@@ -606,8 +606,3 @@ def check_name(value: str, what: str) -> None:
     if not _SAFE_RE.match(value):
         raise HubbeamError(f"invalid module {what} {value!r}: use letters, digits, '.', '_' and '-' "
                            "(it becomes part of a path when published)")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

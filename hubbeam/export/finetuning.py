@@ -36,6 +36,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,12 +252,43 @@ def _as_array(examples: Examples, kind: str, image_size) -> np.ndarray:
 
 # --- training -----------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class FinetuneReport:
+    """What a fine-tune run did and scored: printed by `hubbeam finetune`, passed between the DAG's tasks (as
+    as_dict(), JSON), and — without the first four fields and weights_sha256 — kept in the module's metadata
+    under `finetune`."""
+
+    module: str  # where the fine-tuned module went: a local folder or an object-store URL
+    name: str
+    version: str
+    parent: dict  # handle, sha256, name, version, weights_sha256 of the base module
+    metric: str
+    baseline: float  # eval accuracy of the frozen encoder under a linear head
+    finetuned: float  # eval accuracy after fine-tuning
+    rows: dict  # {"train": N, "eval": N}
+    eval: str  # where the eval rows came from
+    label_column: str
+    input_column: str
+    classes: list
+    epochs: int
+    batch_size: int
+    steps: int
+    learning_rate: float
+    seed: int
+    epoch_losses: list
+    train_file: str
+    weights_sha256: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class FinetuneResult:
     """The exported module, the report, and the in-memory fine-tuned encoder (hub.KerasLayer) and head."""
 
     path: Path | str  # a local folder, or the object-store URL the module was uploaded to
-    report: dict
+    report: FinetuneReport
     encoder: Any = field(repr=False)
     head: Any = field(repr=False)
     classes: list = field(default_factory=list)
@@ -272,6 +304,18 @@ def _tf():
     from hubbeam import tfenv
 
     return tfenv.tensorflow()
+
+
+def _hub():
+    from hubbeam import tfenv
+
+    return tfenv.tensorflow_hub_and_text()
+
+
+def _tf_keras():
+    import tf_keras
+
+    return tf_keras
 
 
 def _is_text(inputs) -> bool:
@@ -298,12 +342,60 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
              version: str | None = None, allow_unsafe_ops: bool = False) -> FinetuneResult:
     """Fine-tune `module` on `train` and export the encoder into out_dir; see the module docstring."""
     from hubbeam.export.create import check_name
+    from hubbeam.hub.resolver import resolve_module
 
     if epochs < 1 or batch_size < 1 or learning_rate <= 0 or not 0 < eval_fraction < 1:
         raise HubbeamError("epochs and batch size must be >= 1, the learning rate > 0, the eval fraction in (0, 1)")
     target = storage.location(out_dir)  # a bad output URL fails before any training
     kind = "image" if image_column else "text"
     column = image_column or text_column
+    data = _read_data(train, eval_file, column, label_column, kind, eval_fraction, seed)
+    resolved = resolve_module(module)  # before TensorFlow: a wrong handle fails fast
+    base = _open_module(resolved, kind, allow_unsafe_ops)
+    x_train, x_eval = _as_array(data.train, kind, base.image_size), _as_array(data.eval, kind, base.image_size)
+    index = {str(c): i for i, c in enumerate(data.classes)}
+    y_train = np.array([index[str(v)] for v in data.train.labels], dtype=np.int64)
+    y_eval = np.array([index[str(v)] for v in data.eval.labels], dtype=np.int64)
+
+    log.info("fine-tuning %s on %d rows (%d eval rows, %d classes)", resolved.handle, len(y_train), len(y_eval),
+             len(data.classes))
+    _tf_keras().utils.set_random_seed(seed)
+    layer = _hub().KerasLayer(base.obj, trainable=True, output_key=base.output_key)
+    head, baseline = _linear_probe(layer, x_train, y_train, x_eval, y_eval, len(data.classes))
+    finetuned, steps, epoch_losses = _train_together(layer, head, x_train, y_train, x_eval, y_eval, epochs,
+                                                     batch_size, learning_rate, seed)
+    started = time.monotonic()
+
+    name = name or finetuned_name(resolved.handle, base.metadata)
+    version = str(version or "1")
+    check_name(name, "name")
+    check_name(version, "version")
+    summary = {
+        "metric": "accuracy", "baseline": round(baseline, 6), "finetuned": round(finetuned, 6),
+        "rows": {"train": len(y_train), "eval": len(y_eval)}, "eval": data.eval_source,
+        "label_column": label_column, "input_column": column, "classes": data.classes,
+        "epochs": epochs, "batch_size": batch_size, "steps": steps, "learning_rate": learning_rate,
+        "seed": seed, "epoch_losses": epoch_losses, "train_file": storage.location(train).url,
+    }
+    metadata = _finetuned_metadata(base.metadata, resolved, train, name, version, summary)
+    weights_sha256 = _export_to(target, base.obj, metadata, x_eval[:4])
+    log.info("exported the fine-tuned encoder to %s (%.1fs, contract checked)", target, time.monotonic() - started)
+    report = FinetuneReport(module=target.url, name=name, version=version, parent=metadata["parent"], **summary,
+                            weights_sha256=weights_sha256)
+    return FinetuneResult(target.local_path if target.is_local else target.url, report, layer, head, data.classes)
+
+
+@dataclass
+class _Data:
+    train: Examples
+    eval: Examples
+    classes: list
+    eval_source: str  # where the eval rows came from, in words
+
+
+def _read_data(train, eval_file, column: str, label_column: str, kind: str, eval_fraction: float,
+               seed: int) -> _Data:
+    """Training and evaluation rows, checked before any module is loaded: bad data fails in seconds."""
     train_set = load_examples(train, column, label_column, kind)
     classes = _check_classes(train_set.labels, label_column, train_set.path)
     if eval_file is not None:
@@ -311,25 +403,30 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
         unknown = sorted({str(v) for v in eval_set.labels} - {str(v) for v in classes})
         if unknown:
             raise HubbeamError(f"{eval_set.path} has labels not in the training data: {', '.join(unknown[:10])}")
-        eval_source = str(eval_set.path)
-    else:
-        train_idx, eval_idx = stratified_split(train_set.labels, eval_fraction, seed)
-        if not eval_idx or len(train_idx) < 2:
-            raise HubbeamError(f"{train_set.path} has too few rows ({len(train_set.labels)}) to hold out "
-                               f"{eval_fraction:.0%} for evaluation; add rows or pass an eval file")
-        train_set, eval_set = train_set.subset(train_idx), train_set.subset(eval_idx)
-        _check_classes(train_set.labels, label_column, train_set.path)
-        eval_source = f"{eval_fraction:.0%} of {train_set.path} held out (stratified, seed {seed})"
+        return _Data(train_set, eval_set, classes, str(eval_set.path))
+    train_idx, eval_idx = stratified_split(train_set.labels, eval_fraction, seed)
+    if not eval_idx or len(train_idx) < 2:
+        raise HubbeamError(f"{train_set.path} has too few rows ({len(train_set.labels)}) to hold out "
+                           f"{eval_fraction:.0%} for evaluation; add rows or pass an eval file")
+    train_set, eval_set = train_set.subset(train_idx), train_set.subset(eval_idx)
+    _check_classes(train_set.labels, label_column, train_set.path)
+    return _Data(train_set, eval_set, classes,
+                 f"{eval_fraction:.0%} of {train_set.path} held out (stratified, seed {seed})")
 
-    from hubbeam import tfenv
+
+@dataclass
+class _Base:
+    obj: Any  # the restored module object, trained in place
+    output_key: str | None
+    metadata: dict
+    image_size: tuple[int, int] | None
+
+
+def _open_module(resolved, kind: str, allow_unsafe_ops: bool) -> _Base:
+    """The base module loaded for training, refused unless it takes the kind of input the data holds."""
     from hubbeam.hub.metadata import read_metadata
-    from hubbeam.hub.resolver import resolve_module
 
-    resolved = resolve_module(module)  # before TensorFlow: a wrong handle fails fast
-    tf = tfenv.tensorflow()
-    hub = tfenv.tensorflow_hub_and_text()
-    import tf_keras
-
+    _hub(), _tf_keras()  # tensorflow_text's ops must be registered before a module with in-graph tokenising loads
     obj, spec, output_key = _load_trainable(resolved, allow_unsafe_ops)
     module_kind = _input_kind(spec)
     if module_kind is None:
@@ -338,25 +435,20 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
     if module_kind != kind:
         flag = "--image-column" if module_kind == "image" else "--text-column"
         raise HubbeamError(f"{resolved.handle} takes {module_kind} input, but the data gives {kind}; use {flag}")
-    base_metadata = read_metadata(resolved.path) or {}
-    size = _image_size(spec, base_metadata) if kind == "image" else None
-    x_train, x_eval = _as_array(train_set, kind, size), _as_array(eval_set, kind, size)
-    index = {str(c): i for i, c in enumerate(classes)}
-    y_train = np.array([index[str(v)] for v in train_set.labels], dtype=np.int64)
-    y_eval = np.array([index[str(v)] for v in eval_set.labels], dtype=np.int64)
+    metadata = read_metadata(resolved.path) or {}
+    return _Base(obj, output_key, metadata, _image_size(spec, metadata) if kind == "image" else None)
 
-    log.info("fine-tuning %s on %d rows (%d eval rows, %d classes)", resolved.handle, len(y_train), len(y_eval),
-             len(classes))
+
+def _linear_probe(layer, x_train, y_train, x_eval, y_eval, num_classes: int):
+    """(head, baseline accuracy): a Dense head fitted on the frozen encoder — the baseline, and the head
+    fine-tuning starts from."""
+    tf, tf_keras = _tf(), _tf_keras()
     started = time.monotonic()
-    tf_keras.utils.set_random_seed(seed)
-    layer = hub.KerasLayer(obj, trainable=True, output_key=output_key)
-    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    # 1. Linear probe on the frozen encoder: the baseline, and the head fine-tuning starts from.
     train_features, eval_features = _embed(layer, x_train), _embed(layer, x_eval)
-    head = tf_keras.layers.Dense(len(classes), name="head")
+    head = tf_keras.layers.Dense(num_classes, name="head")
     head.build(train_features.shape)
     head_optimizer = tf_keras.optimizers.Adam(HEAD_LEARNING_RATE)
+    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     train_labels = tf.constant(y_train)
 
     @tf.function
@@ -370,9 +462,15 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
         head_step()
     baseline = _accuracy(head, eval_features, y_eval)
     log.info("baseline (frozen encoder + linear head): accuracy %.4f (%.1fs)", baseline, time.monotonic() - started)
-    started = time.monotonic()
+    return head, baseline
 
-    # 2. Fine-tune encoder and head together.
+
+def _train_together(layer, head, x_train, y_train, x_eval, y_eval, epochs: int, batch_size: int,
+                    learning_rate: float, seed: int) -> tuple[float, int, list[float]]:
+    """(eval accuracy, steps, mean loss of each epoch) of encoder and head trained together, dropout on."""
+    tf, tf_keras = _tf(), _tf_keras()
+    started = time.monotonic()
+    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     variables = list(layer.trainable_weights) + list(head.trainable_variables)
     optimizer = tf_keras.optimizers.Adam(learning_rate)
 
@@ -398,20 +496,11 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
         epoch_losses.append(round(float(np.mean(losses)), 6))
     finetuned = _accuracy(head, _embed(layer, x_eval), y_eval)
     log.info("fine-tuned: accuracy %.4f after %d steps (%.1fs)", finetuned, steps, time.monotonic() - started)
-    started = time.monotonic()
+    return finetuned, steps, epoch_losses
 
-    # 3. Export the encoder with its updated variables.
-    name = name or finetuned_name(resolved.handle, base_metadata)
-    version = str(version or "1")
-    check_name(name, "name")
-    check_name(version, "version")
-    summary = {
-        "metric": "accuracy", "baseline": round(baseline, 6), "finetuned": round(finetuned, 6),
-        "rows": {"train": len(y_train), "eval": len(y_eval)}, "eval": eval_source,
-        "label_column": label_column, "input_column": column, "classes": classes,
-        "epochs": epochs, "batch_size": batch_size, "steps": steps, "learning_rate": learning_rate,
-        "seed": seed, "epoch_losses": epoch_losses, "train_file": storage.location(train).url,
-    }
+
+def _finetuned_metadata(base_metadata: dict, resolved, train, name: str, version: str, summary: dict) -> dict:
+    """The base's metadata, less what described its own making, plus where this module came from."""
     metadata = {k: v for k, v in base_metadata.items() if k not in ("training", "finetune", "parent", "exported_from")}
     metadata.update({
         "name": name, "version": version,
@@ -420,13 +509,15 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
                    "version": base_metadata.get("version"), "weights_sha256": base_metadata.get("weights_sha256")},
         "finetune": summary,
     })
-    sample = x_eval[:4]
+    return metadata
+
+
+def _export_to(target, obj, metadata: dict, sample: np.ndarray) -> str:
+    """Export the encoder with its updated variables to target (local or object store); its weights_sha256."""
+    from hubbeam.hub.metadata import read_metadata
+
     with storage.staged_folder(target, last=SAVED_MODEL_FILES) as staging:
-        weights_sha256 = read_metadata(_export_encoder(obj, staging, metadata, sample))["weights_sha256"]
-    log.info("exported the fine-tuned encoder to %s (%.1fs, contract checked)", target, time.monotonic() - started)
-    report = {"module": target.url, "name": name, "version": version, "parent": metadata["parent"], **summary,
-              "weights_sha256": weights_sha256}
-    return FinetuneResult(target.local_path if target.is_local else target.url, report, layer, head, classes)
+        return read_metadata(_export_encoder(obj, staging, metadata, sample))["weights_sha256"]
 
 
 def finetuned_name(handle: str, base_metadata: dict) -> str:

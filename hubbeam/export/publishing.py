@@ -30,6 +30,7 @@ access are reported as one-line errors before anything is written. No TensorFlow
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -64,7 +65,7 @@ class PublishResult:
     cleaned: bool  # leftovers of an interrupted publish were removed first
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 def published_version(dest: str | os.PathLike, name: str, version: str) -> dict | None:
@@ -95,74 +96,107 @@ def _prepare(source: Path, scratch: Path) -> tuple[Path, Path, str, str]:
     raise HubbeamError(f"{source} is neither a module folder nor a .tar.gz module archive")
 
 
+@dataclass
+class _Upload:
+    """One version's files, ready on the local disk, and where each goes under DEST/NAME/VERSION/."""
+
+    name: str
+    version: str
+    metadata: dict
+    archive_name: str
+    archive_sha256: str
+    tree_sha256: str
+    files: list[tuple[Path, str]]  # (local file, path under the version), in upload order
+    sizes: dict[str, int]  # path under the version -> size
+
+
 def publish(source: str | os.PathLike, dest: str | os.PathLike, *, name: str | None = None,
             version: str | None = None, force: bool = False) -> PublishResult:
     """Publish a module folder or tarball to DEST/NAME/VERSION/ (see the module docstring).
 
     name and version default to the module's metadata (assets.extra/hubbeam_module.json).
     """
-    from hubbeam.export.create import check_name
-
     where = storage.location(dest)
     with tempfile.TemporaryDirectory(prefix="hubbeam-publish-") as tmp:
-        src = _local_source(source, Path(tmp))
-        module_dir, tarball, archive_sha, tree = _prepare(src, Path(tmp))
-        metadata = read_metadata(module_dir) or {}
-        name = name or metadata.get("name")
-        version = str(version or metadata.get("version") or "") or None
-        if not name or not version:
-            raise HubbeamError(f"{source} has no name and version in its metadata; give them (--name, --version)")
-        check_name(name, "name")
-        check_name(version, "version")
-        target = where.join(name, version)
-        archive_name = f"{name}.tar.gz"
-        sidecar = Path(tmp) / f"{archive_name}.sha256"
-        sidecar.write_text(f"{archive_sha}  {archive_name}\n")
-        files = list_files(module_dir)
-        uploads = [(module_dir / rel, posixpath.join(FOLDER, rel))
-                   for rel in sorted(files, key=lambda r: (r in SAVED_MODEL_FILES, r))]
-        uploads += [(tarball, archive_name), (sidecar, sidecar.name)]
-        expected = {remote: local.stat().st_size for local, remote in uploads}
+        upload = _prepare_upload(source, Path(tmp), name, version)
+        target = where.join(upload.name, upload.version)
         display = target.url
         fs = storage.filesystem(where)
-
         with storage.errors(f"cannot publish to {display}", nested=True):
-            replaced = cleaned = False
-            if fs.exists(target.join(MARKER).path):
-                if not force:
-                    raise HubbeamError(f"{name} {version} is already published at {display}; versions are "
-                                       "immutable (publish a new version, or force to overwrite)")
-                log.warning("overwriting published version %s", display)
-                fs.rm(target.join(MARKER).path)  # first: from now on it reads as incomplete
-                replaced = True
-            leftovers = storage.find(target)
-            if leftovers:
-                if not replaced:
-                    log.warning("removing %d objects of an unfinished publish of %s", len(leftovers), display)
-                    cleaned = True
-                storage.remove(target)
+            replaced, cleaned = _clear_version(fs, target, upload, force)
             try:
-                for local, remote in uploads:
-                    storage.put_file(local, target.join(remote))
-                found = storage.find(target)
-                wrong = sorted(r for r, size in expected.items() if found.get(r) != size)
-                if wrong:
-                    raise HubbeamError(f"upload to {display} is incomplete ({', '.join(wrong[:5])}); nothing published")
-                marker = {
-                    "name": name, "version": version, "archive": archive_name, "archive_sha256": archive_sha,
-                    "folder": FOLDER, "tree_sha256": tree, "files": {r: expected[r] for r in sorted(expected)},
-                    "weights_sha256": metadata.get("weights_sha256"), "source": _display_source(source),
-                    "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "hubbeam_version": __version__,
-                }
-                marker_file = Path(tmp) / MARKER
-                marker_file.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-                storage.put_file(marker_file, target.join(MARKER))
+                _upload_version(upload, target, source, Path(tmp))
             except BaseException:
                 _best_effort_remove(target)
                 raise
-    return PublishResult(name, version, display, target.join(FOLDER).url, target.join(archive_name).url,
-                         archive_sha, tree, replaced, cleaned)
+    return PublishResult(upload.name, upload.version, display, target.join(FOLDER).url,
+                         target.join(upload.archive_name).url, upload.archive_sha256, upload.tree_sha256,
+                         replaced, cleaned)
+
+
+def _prepare_upload(source, scratch: Path, name: str | None, version: str | None) -> _Upload:
+    """Everything to upload, on the local disk, with the name and version checked: nothing is written to the
+    destination before this succeeds."""
+    from hubbeam.export.create import check_name
+
+    src = _local_source(source, scratch)
+    module_dir, tarball, archive_sha, tree = _prepare(src, scratch)
+    metadata = read_metadata(module_dir) or {}
+    name = name or metadata.get("name")
+    version = str(version or metadata.get("version") or "") or None
+    if not name or not version:
+        raise HubbeamError(f"{source} has no name and version in its metadata; give them (--name, --version)")
+    check_name(name, "name")
+    check_name(version, "version")
+    archive_name = f"{name}.tar.gz"
+    sidecar = scratch / f"{archive_name}.sha256"
+    sidecar.write_text(f"{archive_sha}  {archive_name}\n")
+    files = list_files(module_dir)
+    uploads = [(module_dir / rel, posixpath.join(FOLDER, rel))
+               for rel in sorted(files, key=lambda r: (r in SAVED_MODEL_FILES, r))]
+    uploads += [(tarball, archive_name), (sidecar, sidecar.name)]
+    sizes = {remote: local.stat().st_size for local, remote in uploads}
+    return _Upload(name, version, metadata, archive_name, archive_sha, tree, uploads, sizes)
+
+
+def _clear_version(fs, target: storage.Location, upload: _Upload, force: bool) -> tuple[bool, bool]:
+    """(replaced, cleaned): make room at target, refusing to overwrite a published version unless forced."""
+    replaced = cleaned = False
+    if fs.exists(target.join(MARKER).path):
+        if not force:
+            raise HubbeamError(f"{upload.name} {upload.version} is already published at {target.url}; versions are "
+                               "immutable (publish a new version, or force to overwrite)")
+        log.warning("overwriting published version %s", target.url)
+        fs.rm(target.join(MARKER).path)  # first: from now on it reads as incomplete
+        replaced = True
+    leftovers = storage.find(target)
+    if leftovers:
+        if not replaced:
+            log.warning("removing %d objects of an unfinished publish of %s", len(leftovers), target.url)
+            cleaned = True
+        storage.remove(target)
+    return replaced, cleaned
+
+
+def _upload_version(upload: _Upload, target: storage.Location, source, scratch: Path) -> None:
+    """The files, a check of what arrived, then the marker last: only a complete version gets one."""
+    for local, remote in upload.files:
+        storage.put_file(local, target.join(remote))
+    found = storage.find(target)
+    wrong = sorted(r for r, size in upload.sizes.items() if found.get(r) != size)
+    if wrong:
+        raise HubbeamError(f"upload to {target.url} is incomplete ({', '.join(wrong[:5])}); nothing published")
+    marker = {
+        "name": upload.name, "version": upload.version, "archive": upload.archive_name,
+        "archive_sha256": upload.archive_sha256, "folder": FOLDER, "tree_sha256": upload.tree_sha256,
+        "files": {r: upload.sizes[r] for r in sorted(upload.sizes)},
+        "weights_sha256": upload.metadata.get("weights_sha256"), "source": _display_source(source),
+        "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "hubbeam_version": __version__,
+    }
+    marker_file = scratch / MARKER
+    marker_file.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    storage.put_file(marker_file, target.join(MARKER))
 
 
 def _local_source(source: str | os.PathLike, scratch: Path) -> Path:

@@ -11,7 +11,7 @@ reproduces what sentence-transformers computes for this model:
 - [CLS] … [SEP], truncated to 256 tokens; 6-layer BERT (exact GELU, LayerNorm eps 1e-12);
 - mean pooling over the attention mask, then L2 normalisation.
 
-Known, measured differences from the reference are listed in tests/test_minilm.py's golden test (cosine
+Known, measured differences from the reference are listed in tests/test_modules.py's golden test (cosine
 >= 0.9999 on every golden sentence).
 """
 from __future__ import annotations

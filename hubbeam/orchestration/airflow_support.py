@@ -68,8 +68,6 @@ def finetuned_name(base_module: str) -> str:
 def storage_connection(conn_id: str):
     """Credentials of an Airflow storage connection (aws, google_cloud_platform) for the block; none: the
     environment's own."""
-    from hubbeam.orchestration.release import connection_credentials
-
     conn = None
     if conn_id:
         from airflow.sdk import BaseHook
@@ -78,6 +76,22 @@ def storage_connection(conn_id: str):
         conn = {"conn_type": found.conn_type, "login": found.login, "password": found.password,
                 "extra": found.extra_dejson}
     with connection_credentials(conn):
+        yield
+
+
+@contextlib.contextmanager
+def connection_credentials(conn: dict | None):
+    """An Airflow storage connection's credentials for the storage calls of this block (and no one else's).
+
+    conn: {"conn_type", "login", "password", "extra"} (aws: key id / secret, extra endpoint_url or region_name;
+    google_cloud_platform: extra key_path or keyfile_dict). None: the environment's own credentials. They are
+    passed to the storage clients (hubbeam.storage.use_credentials), never written to the environment.
+    """
+    from hubbeam import storage
+
+    credentials = None if not conn else storage.Credentials.from_connection(
+        conn["conn_type"], conn.get("login"), conn.get("password"), conn.get("extra"))
+    with storage.use_credentials(credentials):
         yield
 
 

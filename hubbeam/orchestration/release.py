@@ -6,8 +6,6 @@ latest published version's (which is read from that version's own metadata, so n
 """
 from __future__ import annotations
 
-import contextlib
-
 from hubbeam import storage
 
 
@@ -29,7 +27,9 @@ def published_metric(dest: str, name: str, version: str) -> float | None:
 
 
 def decide(report: dict, dest: str, name: str, version: str) -> dict:
-    """Whether the fine-tuned module should be published as NAME/VERSION, and why."""
+    """Whether the fine-tuned module should be published as NAME/VERSION, and why.
+
+    report: FinetuneReport.as_dict(), the form it crosses Airflow task boundaries in."""
     earlier = [v for v in published_versions(dest, name) if v < version]
     current = earlier[-1] if earlier else None
     current_metric = published_metric(dest, name, current) if current else None
@@ -39,17 +39,3 @@ def decide(report: dict, dest: str, name: str, version: str) -> dict:
               f"{report['metric']} {new_metric:.4f} vs {current_metric} of version {current}")
     return {"publish": publish, "reason": reason, "current_version": current, "current_metric": current_metric,
             "new_metric": new_metric, "baseline_metric": report["baseline"]}
-
-
-@contextlib.contextmanager
-def connection_credentials(conn: dict | None):
-    """An Airflow storage connection's credentials for the storage calls of this block (and no one else's).
-
-    conn: {"conn_type", "login", "password", "extra"} (aws: key id / secret, extra endpoint_url or region_name;
-    google_cloud_platform: extra key_path or keyfile_dict). None: the environment's own credentials. They are
-    passed to the storage clients (hubbeam.storage.use_credentials), never written to the environment.
-    """
-    credentials = None if not conn else storage.Credentials.from_connection(
-        conn["conn_type"], conn.get("login"), conn.get("password"), conn.get("extra"))
-    with storage.use_credentials(credentials):
-        yield
