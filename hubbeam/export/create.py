@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from hubbeam import tfenv
 from hubbeam.errors import HubbeamError, ModuleFormatError, first_line
+from hubbeam.hub import kinds
 from hubbeam.hub.archive import is_saved_model_dir
 from hubbeam.hub.digest import file_sha256, tree_sha256
 from hubbeam.hub.metadata import read_metadata
@@ -473,10 +474,10 @@ def _single(result, what: str):
 def _input_metadata(spec, signature: str, base: dict) -> dict:
     shape = spec.shape.as_list() if spec.shape.rank is not None else None
     info: dict[str, Any] = {"signature": signature, "dtype": spec.dtype.name, "shape": shape}
-    if spec.dtype.name == "string" and shape is not None and len(shape) == 1:
-        info["kind"] = "text"
-    elif spec.dtype.is_floating and shape is not None and len(shape) == 4 and shape[-1] == 3:
-        info["kind"] = "image"
+    kind = kinds.kind_of(spec)
+    if kind != kinds.TENSORS:
+        info["kind"] = kind
+    if kind == kinds.IMAGE:
         size = shape[1:3] if None not in shape[1:3] else (base.get("input") or {}).get("image_size")
         if size:
             info["image_size"] = list(size)

@@ -45,6 +45,7 @@ import numpy as np
 
 from hubbeam import storage
 from hubbeam.errors import HubbeamError, StorageError
+from hubbeam.hub import kinds
 from hubbeam.hub.archive import SAVED_MODEL_FILES
 
 log = logging.getLogger(__name__)
@@ -211,14 +212,6 @@ def _load_trainable(resolved, allow_unsafe_ops: bool = False):
             raise HubbeamError(f"{resolved.handle}: __call__ returns several outputs ({', '.join(sorted(outputs))}) "
                                "and none is called 'default'")
     return obj, spec, output_key
-
-
-def _input_kind(spec) -> str | None:
-    if spec.dtype.name == "string" and spec.shape.rank == 1:
-        return "text"
-    if spec.dtype.is_floating and spec.shape.rank == 4 and spec.shape[-1] == 3:
-        return "image"
-    return None
 
 
 def _image_size(spec, metadata: dict) -> tuple[int, int]:
@@ -428,8 +421,8 @@ def _open_module(resolved, kind: str, allow_unsafe_ops: bool) -> _Base:
 
     _hub(), _tf_keras()  # tensorflow_text's ops must be registered before a module with in-graph tokenising loads
     obj, spec, output_key = _load_trainable(resolved, allow_unsafe_ops)
-    module_kind = _input_kind(spec)
-    if module_kind is None:
+    module_kind = kinds.kind_of(spec)
+    if module_kind == kinds.TENSORS:
         raise HubbeamError(f"{resolved.handle} takes {spec.dtype.name} {spec.shape}; fine-tuning supports text "
                            "(string vector) and image (float [N, H, W, 3]) modules")
     if module_kind != kind:
