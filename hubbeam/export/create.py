@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from hubbeam import tfenv
 from hubbeam.errors import HubbeamError, ModuleFormatError, first_line
-from hubbeam.hub import kinds
+from hubbeam.hub import input_kinds as kinds
 from hubbeam.hub.archive import is_saved_model_dir
 from hubbeam.hub.digest import file_sha256, tree_sha256
 from hubbeam.hub.metadata import read_metadata

@@ -45,7 +45,7 @@ import numpy as np
 
 from hubbeam import storage
 from hubbeam.errors import HubbeamError, StorageError
-from hubbeam.hub import kinds
+from hubbeam.hub import input_kinds as kinds
 from hubbeam.hub.archive import SAVED_MODEL_FILES
 
 log = logging.getLogger(__name__)
