@@ -290,7 +290,7 @@ def test_publish_through_flaky_s3_succeeds(s3_proxy, tiny_wordvec_module, cache_
     result = publish(tiny_wordvec_module, f"s3://{S3_BUCKET}/flaky")
     assert s3_proxy.faults >= 3
     s3_proxy.fault = lambda n, method, path: None
-    assert f"flaky/wordvec/1/_PUBLISHED.json" in s3_keys(s3_proxy, "flaky/")
+    assert "flaky/wordvec/1/_PUBLISHED.json" in s3_keys(s3_proxy, "flaky/")
     assert_published_and_loads(result, tiny_wordvec_module)
 
 
