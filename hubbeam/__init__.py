@@ -18,7 +18,7 @@ _LAZY = {
     "ResolvedModule": "hubbeam.hub.resolver",
     "load": "hubbeam.hub.loader",
     "Embedder": "hubbeam.hub.loader",
-    "inspect_module": "hubbeam.hub.inspect",
+    "inspect_module": "hubbeam.hub.describe",
     "build_module": "hubbeam.modules",
     "export_module": "hubbeam.export.create",
     "finetune": "hubbeam.export.finetuning",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -94,7 +93,3 @@ def module_root(extracted: Path) -> Path:
 
 def is_saved_model_dir(path: Path) -> bool:
     return any((path / name).is_file() for name in SAVED_MODEL_FILES)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

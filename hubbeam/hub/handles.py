@@ -33,10 +33,6 @@ class Handle:
     pinned_sha256: str | None = None
 
     @property
-    def is_remote(self) -> bool:
-        return self.kind in ("http", "gs", "s3")
-
-    @property
     def display(self) -> str:
         """The location with any credentials stripped: safe to print and to record in provenance."""
         return redact(self.location)
