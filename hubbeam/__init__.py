@@ -3,14 +3,9 @@
 Importing the package is cheap on purpose (Airflow parses DAG files that import it): TensorFlow is only
 imported when a module is loaded or built. The public entry points are resolved lazily below.
 """
-import os as _os
-
 from hubbeam._lazy import lazy_getattr
 
 __version__ = "0.1.0"
-
-# hub.KerasLayer needs Keras 2 (tf-keras); this must be set before TensorFlow is first imported.
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 _LAZY = {
     "resolve": "hubbeam.hub.resolver",

@@ -194,6 +194,7 @@ def _keras_weight_losses(target, flavour: str) -> list:
 
 
 def _import_keras(flavour: str):
+    tfenv.tensorflow()  # before either Keras imports TensorFlow: Keras 2 must be selected first
     if flavour == "keras3":
         import keras
 
