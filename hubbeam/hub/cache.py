@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubbeam import settings
 from hubbeam.errors import HubbeamError
 from hubbeam.hub.digest import list_files
 
@@ -36,13 +37,12 @@ _WAIT_NOTICE_S = 1.0
 
 
 def cache_root() -> Path:
-    root = os.environ.get("HUBBEAM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "hubbeam")
-    return Path(root) / "modules"
+    return Path(settings.CACHE_DIR.get()) / "modules"
 
 
 def lock_timeout() -> float:
     """How long to wait for a live process that is fetching the same handle (a dead one frees it at once)."""
-    return float(os.environ.get("HUBBEAM_LOCK_TIMEOUT", "3600"))
+    return settings.LOCK_TIMEOUT.get()
 
 
 @dataclass(frozen=True)
