@@ -503,6 +503,20 @@ def local_folder(url: str | Location) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def install_folder(staged: str | os.PathLike, target: str | os.PathLike,
+                   aside: str | os.PathLike | None = None) -> None:
+    """Rename a complete local folder to target, replacing what was there: a reader sees the old folder or the
+    new one, never half of either. staged must be on target's filesystem (renames). The old folder is renamed
+    into `aside` (default: hidden beside target) and deleted only once the new one is in place."""
+    target = Path(target)
+    old_name = f"{target.name}.old-{uuid.uuid4().hex[:8]}"
+    old = Path(aside) / old_name if aside is not None else target.parent / f".{old_name}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_folder(url: str | Location, last: tuple[str, ...] = ()) -> Iterator[Path]:
     """A local folder to build into; when the block succeeds it replaces url: renamed into place on a
@@ -520,11 +534,7 @@ def staged_folder(url: str | Location, last: tuple[str, ...] = ()) -> Iterator[P
     try:
         yield staging
         if loc.is_local:
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            if target.exists():
-                target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+            install_folder(staging, target)
         else:
             remove(loc)
             upload_folder(staging, loc, last)

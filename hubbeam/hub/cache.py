@@ -16,17 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hubbeam import settings
+from hubbeam.storage import install_folder
 from hubbeam.errors import HubbeamError
 from hubbeam.hub.digest import list_files
 
@@ -127,9 +126,6 @@ class CacheEntry:
         """Write the marker into module_dir and rename it into place, replacing a stale entry."""
         marker = dict(marker, files=list_files(module_dir, exclude=(MARKER,)), installed_at=time.time())
         (module_dir / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
-        if self.path.exists():
-            graveyard = self.staging_root / f"{self.key}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.path, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
-        os.rename(module_dir, self.path)
+        # A replaced entry goes to the staging folder, where a sweep removes it if this process dies first.
+        install_folder(module_dir, self.path, aside=self.staging_root)
         return marker
