@@ -461,11 +461,12 @@ def upload_folder(local: str | os.PathLike, url: str | Location, last: tuple[str
     return {name: (root / name).stat().st_size for name in names}
 
 
-def download_folder(url: str | Location, local: str | os.PathLike) -> dict[str, int]:
-    """Copy every file under url into a local folder, keeping relative names; refuses names that would
-    leave the folder. Returns name -> size."""
+def download_folder(url: str | Location, local: str | os.PathLike,
+                    files: dict[str, int] | None = None) -> dict[str, int]:
+    """Copy every file under url (or those of `files`, as find() listed them) into a local folder, keeping
+    relative names; refuses names that would leave the folder. Returns name -> size."""
     loc = location(url)
-    files = find(loc)
+    files = find(loc) if files is None else files
     root = Path(local)
     for name in files:
         target = (root / name).resolve()
