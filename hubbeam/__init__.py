@@ -3,15 +3,11 @@
 Importing the package is cheap on purpose (Airflow parses DAG files that import it): TensorFlow is only
 imported when a module is loaded or built. The public entry points are resolved lazily below.
 """
-import os as _os
 from typing import TYPE_CHECKING
 
 from hubbeam._lazy import lazy_getattr
 
 __version__ = "0.1.0"
-
-# hub.KerasLayer needs Keras 2 (tf-keras); this must be set before TensorFlow is first imported.
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 _LAZY = {
     "resolve": "hubbeam.hub.resolver",
@@ -19,7 +15,7 @@ _LAZY = {
     "ResolvedModule": "hubbeam.hub.resolver",
     "load": "hubbeam.hub.loader",
     "Embedder": "hubbeam.hub.loader",
-    "inspect_module": "hubbeam.hub.inspect",
+    "inspect_module": "hubbeam.hub.describe",
     "build_module": "hubbeam.modules",
     "export_module": "hubbeam.export.create",
     "finetune": "hubbeam.export.finetuning",
@@ -36,7 +32,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time _LAZY serves t
     from hubbeam.export.finetuning import finetune
     from hubbeam.export.packing import pack
     from hubbeam.export.publishing import publish
-    from hubbeam.hub.inspect import inspect_module
+    from hubbeam.hub.describe import inspect_module
     from hubbeam.hub.loader import Embedder, load
     from hubbeam.hub.resolver import ResolvedModule, resolve, resolve_module
     from hubbeam.inspection.report import write_report

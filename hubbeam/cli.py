@@ -28,7 +28,7 @@ def _cmd_resolve(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from hubbeam.hub.inspect import format_report, inspect_module
+    from hubbeam.hub.describe import format_report, inspect_module
 
     info = inspect_module(args.handle, sha256=args.sha256, allow_unsafe_ops=args.allow_unsafe_ops)
     print(json.dumps(info, indent=2) if args.json else format_report(info))

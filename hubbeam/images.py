@@ -8,15 +8,14 @@ CRC check.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 import zlib
 
 import numpy as np
 
+from hubbeam import settings
 from hubbeam.errors import HubbeamError
 
-DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageDecodeError(HubbeamError):
@@ -28,7 +27,7 @@ class ImageDecodeError(HubbeamError):
 
 
 def max_pixels() -> int:
-    return int(os.environ.get("HUBBEAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
+    return settings.MAX_IMAGE_PIXELS.get()
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ keeps Beam's FileSystems because Beam requires them on its workers: `beam_argume
 endpoint, `configure_beam_workers()` the rest of what a worker can take from the environment (an emulator's
 anonymous GCS access); their clients use the standard credential chains, not an Airflow connection's.
 
-Settings (environment):
+Settings (environment; declared in hubbeam.settings):
 - S3: `HUBBEAM_S3_ENDPOINT_URL` (MinIO, moto, any S3-compatible server), else botocore's own
   `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`; credentials from the standard AWS chain.
 - GCS: `STORAGE_EMULATOR_HOST` (an emulator: anonymous access), else Google default credentials;
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from hubbeam import settings
 from hubbeam.errors import HubbeamError, StorageError
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,7 @@ FORMS = "a folder, file://PATH, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
 
 def timeouts() -> tuple[float, float]:
     """(connect, read) seconds for every storage and HTTP client."""
-    values = []
-    for name, default in (("HUBBEAM_CONNECT_TIMEOUT", "10"), ("HUBBEAM_READ_TIMEOUT", "60")):
-        try:
-            values.append(float(os.environ.get(name, default)))
-        except ValueError:
-            raise HubbeamError(f"{name}={os.environ[name]!r} is not a number of seconds") from None
-    return values[0], values[1]
+    return settings.CONNECT_TIMEOUT.get(), settings.READ_TIMEOUT.get()
 
 
 # --- credentials --------------------------------------------------------------------------------------------------
@@ -210,9 +205,9 @@ def filesystem(where: str | Location):
 
 def _settings(scheme: str) -> tuple:
     if scheme == "s3":
-        return os.environ.get("HUBBEAM_S3_ENDPOINT_URL"), *timeouts()
+        return settings.S3_ENDPOINT_URL.get(), *timeouts()
     if scheme == "gs":
-        return os.environ.get("STORAGE_EMULATOR_HOST"), os.environ.get("HUBBEAM_GCS_TOKEN"), *timeouts()
+        return settings.STORAGE_EMULATOR_HOST.get(), settings.GCS_TOKEN.get(), *timeouts()
     return ()
 
 
@@ -222,15 +217,15 @@ def _new_filesystem(scheme: str, credentials: Credentials | None):
     credentials = credentials or Credentials()
     connect, read = timeouts()
     if scheme == "s3":
-        endpoint = credentials.s3_endpoint_url or os.environ.get("HUBBEAM_S3_ENDPOINT_URL")
+        endpoint = credentials.s3_endpoint_url or settings.S3_ENDPOINT_URL.get()
         client = {k: v for k, v in {"endpoint_url": endpoint, "region_name": credentials.s3_region}.items() if v}
         keys = {"key": credentials.s3_key_id, "secret": credentials.s3_secret} if credentials.s3_key_id else {}
         return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, client_kwargs=client,
                                  config_kwargs={"connect_timeout": connect, "read_timeout": read,
                                                 "retries": {"max_attempts": ATTEMPTS, "mode": "standard"}}, **keys)
     if scheme == "gs":
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        token = credentials.gcs_token or os.environ.get("HUBBEAM_GCS_TOKEN") or ("anon" if emulator else None)
+        emulator = settings.STORAGE_EMULATOR_HOST.get()
+        token = credentials.gcs_token or settings.GCS_TOKEN.get() or ("anon" if emulator else None)
         if token and token.lstrip().startswith("{"):
             token = json.loads(token)  # a key's JSON text: gcsfs takes the parsed key
         kwargs = dict(skip_instance_cache=True, use_listings_cache=False, token=token, requests_timeout=read)
@@ -466,11 +461,12 @@ def upload_folder(local: str | os.PathLike, url: str | Location, last: tuple[str
     return {name: (root / name).stat().st_size for name in names}
 
 
-def download_folder(url: str | Location, local: str | os.PathLike) -> dict[str, int]:
-    """Copy every file under url into a local folder, keeping relative names; refuses names that would
-    leave the folder. Returns name -> size."""
+def download_folder(url: str | Location, local: str | os.PathLike,
+                    files: dict[str, int] | None = None) -> dict[str, int]:
+    """Copy every file under url (or those of `files`, as find() listed them) into a local folder, keeping
+    relative names; refuses names that would leave the folder. Returns name -> size."""
     loc = location(url)
-    files = find(loc)
+    files = find(loc) if files is None else files
     root = Path(local)
     for name in files:
         target = (root / name).resolve()
@@ -508,6 +504,20 @@ def local_folder(url: str | Location) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def install_folder(staged: str | os.PathLike, target: str | os.PathLike,
+                   aside: str | os.PathLike | None = None) -> None:
+    """Rename a complete local folder to target, replacing what was there: a reader sees the old folder or the
+    new one, never half of either. staged must be on target's filesystem (renames). The old folder is renamed
+    into `aside` (default: hidden beside target) and deleted only once the new one is in place."""
+    target = Path(target)
+    old_name = f"{target.name}.old-{uuid.uuid4().hex[:8]}"
+    old = Path(aside) / old_name if aside is not None else target.parent / f".{old_name}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_folder(url: str | Location, last: tuple[str, ...] = ()) -> Iterator[Path]:
     """A local folder to build into; when the block succeeds it replaces url: renamed into place on a
@@ -525,11 +535,7 @@ def staged_folder(url: str | Location, last: tuple[str, ...] = ()) -> Iterator[P
     try:
         yield staging
         if loc.is_local:
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            if target.exists():
-                target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+            install_folder(staging, target)
         else:
             remove(loc)
             upload_folder(staging, loc, last)
@@ -543,7 +549,7 @@ def beam_arguments(args: list[str]) -> list[str]:
     """Beam pipeline options that point Beam's own S3 and GCS filesystems where hubbeam's point (the
     user's own --s3_… options win)."""
     extra = []
-    endpoint = os.environ.get("HUBBEAM_S3_ENDPOINT_URL")
+    endpoint = settings.S3_ENDPOINT_URL.get()
     if endpoint and not any(a.startswith("--s3_endpoint_url") for a in args):
         extra.append(f"--s3_endpoint_url={endpoint}")
     return extra
@@ -572,7 +578,7 @@ def configure_beam_gcs() -> None:
     it falls back to anonymous access; an emulator takes no credentials, so that wait buys nothing. Beam
     caches the outcome of that search per process; this records "no credentials" in that cache.
     """
-    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+    if not settings.STORAGE_EMULATOR_HOST.get():
         return
     try:
         from apache_beam.internal.gcp import auth

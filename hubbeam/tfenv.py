@@ -7,7 +7,10 @@ import warnings
 
 
 def tensorflow():
-    """TensorFlow, with Keras 2 selected (hub.KerasLayer needs it) and C++ start-up chatter quietened."""
+    """TensorFlow, with Keras 2 selected (hub.KerasLayer needs it) and C++ start-up chatter quietened.
+
+    The only place hubbeam sets TF_USE_LEGACY_KERAS: importing hubbeam leaves os.environ alone, so every
+    TensorFlow (or Keras) import in hubbeam comes after a call to this."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules and os.environ["TF_USE_LEGACY_KERAS"] != "1":

@@ -1,5 +1,6 @@
 """The `hubbeam` command as users run it: a real subprocess, real modules, exit codes and output."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,25 @@ def test_help_does_not_import_tensorflow():
     code = "import sys, hubbeam.cli as c\ntry: c.main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False")
+
+
+def test_importing_hubbeam_leaves_the_environment_alone():
+    code = ("import os\nbefore = dict(os.environ)\nimport hubbeam, hubbeam.cli\n"
+            "print(dict(os.environ) == before)")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "True"
+
+
+def test_load_selects_keras_2_itself(tiny_wordvec_module):
+    """TF_USE_LEGACY_KERAS is set by hubbeam.tfenv, just before TensorFlow is imported, not by the caller."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    code = ("import os, hubbeam\nassert 'TF_USE_LEGACY_KERAS' not in os.environ\n"
+            f"e = hubbeam.load({str(tiny_wordvec_module)!r})\n"
+            "print(e(['hello world']).shape, os.environ['TF_USE_LEGACY_KERAS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["(1,", "4)", "1"]
 
 
 def test_inspect_prints_signatures_and_json(tiny_wordvec_module):

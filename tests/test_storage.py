@@ -134,7 +134,7 @@ def test_gcs_connection_with_a_key_dict_is_refused_by_kind_not_crash():
 ALLOWED = {
     # module -> what it may do itself
     "hubbeam/storage.py": {"fsspec", "scheme-branch", "beam-filesystems"},  # it configures Beam's too
-    "hubbeam/hub/handles.py": {"scheme-branch"},  # parses module handles (https:// too), then hands them on
+    "hubbeam/hub/kinds.py": {"scheme-branch"},  # recognises module handles by scheme (https:// too)
     "hubbeam/hub/allowlist.py": {"scheme-branch"},  # compares handles (https:// too) with the allowed sources
     # SQLAlchemy URLs of the corpus database (sqlite:///…, postgresql://…), not storage locations:
     "hubbeam/orchestration/airflow_support.py": {"scheme-branch"},

@@ -47,6 +47,7 @@ from hubbeam.hub import input_kinds as kinds
 from hubbeam.hub.archive import is_saved_model_dir
 from hubbeam.hub.digest import file_sha256, tree_sha256
 from hubbeam.hub.metadata import read_metadata
+from hubbeam.storage import install_folder as install  # finetuning imports it from here too
 
 CALL = "__call__"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -195,6 +196,7 @@ def _keras_weight_losses(target, flavour: str) -> list:
 
 
 def _import_keras(flavour: str):
+    tfenv.tensorflow()  # before either Keras imports TensorFlow: Keras 2 must be selected first
     if flavour == "keras3":
         import keras
 
@@ -584,15 +586,6 @@ def _reference(fn, specs):
         return fn(*[feed[s.name] for s in specs])
 
     return reference
-
-
-def install(staging: Path, out: Path) -> None:
-    """Put a complete module folder at out, replacing what was there (renames on one filesystem)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.rename(staging, out)
 
 
 _SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -25,7 +25,7 @@ first deletes the marker (so the version reads as incomplete from then on), then
 the same version at the same time are not guarded against.
 
 Credentials come from the storage client's usual sources (AWS environment/profile/role; Google application
-default credentials or HUBBEAM_GCS_TOKEN; endpoints as in hubbeam.hub.fetch). Missing credentials and denied
+default credentials or HUBBEAM_GCS_TOKEN; endpoints as in hubbeam.settings). Missing credentials and denied
 access are reported as one-line errors before anything is written. No TensorFlow is imported.
 """
 from __future__ import annotations

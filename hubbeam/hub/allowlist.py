@@ -15,17 +15,17 @@ local paths with symlinks and `..` resolved; remote paths must not hold `.`/`..`
 """
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubbeam import settings
 from hubbeam.errors import HubbeamError
 
-ENV = "HUBBEAM_ALLOWED_SOURCES"
-CONFIG_ENV = "HUBBEAM_CONFIG"
+ENV = settings.ALLOWED_SOURCES.name
+CONFIG_ENV = settings.CONFIG.name
 _ENCODED_TRICKS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 # Characters parsers disagree on: urllib3 ends the host at a backslash where urlsplit does not, so
 # `https://evil\@ok/` would be checked as ok and fetched from evil.
@@ -56,10 +56,11 @@ class Source:
 
 def allowed_sources() -> list[Source] | None:
     """The configured prefixes, canonical; None when no allow-list is set (every source is allowed)."""
-    text = os.environ.get(ENV)
+    text = settings.ALLOWED_SOURCES.get()
     origin = ENV
-    if text is None and os.environ.get(CONFIG_ENV):
-        text, origin = _from_config(os.environ[CONFIG_ENV]), f"allowed_sources in {os.environ[CONFIG_ENV]}"
+    config = settings.CONFIG.get()
+    if text is None and config:
+        text, origin = _from_config(config), f"allowed_sources in {config}"
     if text is None:
         return None
     entries = [e for e in re.split(r"[,\s]+", text) if e]

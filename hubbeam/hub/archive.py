@@ -10,20 +10,19 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import tarfile
 from pathlib import Path
 
+from hubbeam import settings
 from hubbeam.errors import HubbeamError, IntegrityError
 
-DEFAULT_MAX_EXTRACT_BYTES = 16 * 1024**3
 _COPY_CHUNK = 1 << 20
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # a folder is a SavedModel once one is there
 
 
 def max_extract_bytes() -> int:
-    return int(os.environ.get("HUBBEAM_MAX_EXTRACT_BYTES", DEFAULT_MAX_EXTRACT_BYTES))
+    return settings.MAX_EXTRACT_BYTES.get()
 
 
 def _safe_member_name(name: str) -> str:
@@ -94,7 +93,3 @@ def module_root(extracted: Path) -> Path:
 
 def is_saved_model_dir(path: Path) -> bool:
     return any((path / name).is_file() for name in SAVED_MODEL_FILES)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

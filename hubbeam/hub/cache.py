@@ -16,16 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubbeam import settings
+from hubbeam.storage import install_folder
 from hubbeam.errors import HubbeamError
 from hubbeam.hub.digest import list_files
 
@@ -36,13 +36,12 @@ _WAIT_NOTICE_S = 1.0
 
 
 def cache_root() -> Path:
-    root = os.environ.get("HUBBEAM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "hubbeam")
-    return Path(root) / "modules"
+    return Path(settings.CACHE_DIR.get()) / "modules"
 
 
 def lock_timeout() -> float:
     """How long to wait for a live process that is fetching the same handle (a dead one frees it at once)."""
-    return float(os.environ.get("HUBBEAM_LOCK_TIMEOUT", "3600"))
+    return settings.LOCK_TIMEOUT.get()
 
 
 @dataclass(frozen=True)
@@ -127,9 +126,6 @@ class CacheEntry:
         """Write the marker into module_dir and rename it into place, replacing a stale entry."""
         marker = dict(marker, files=list_files(module_dir, exclude=(MARKER,)), installed_at=time.time())
         (module_dir / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
-        if self.path.exists():
-            graveyard = self.staging_root / f"{self.key}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.path, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
-        os.rename(module_dir, self.path)
+        # A replaced entry goes to the staging folder, where a sweep removes it if this process dies first.
+        install_folder(module_dir, self.path, aside=self.staging_root)
         return marker

@@ -31,17 +31,13 @@ def _backoff(attempt: int) -> None:
     time.sleep(min(0.5 * 2**attempt, 8) * (0.5 + random.random() / 2))
 
 
-def fetch_archive(handle: Handle, dest: Path) -> str:
-    """Copy the archive behind handle to dest; return the sha256 of the bytes as stored there."""
-    if handle.kind == "http":
-        return _fetch_http(handle, dest)
-    if handle.kind in ("gs", "s3"):
-        where = storage.location(handle.location)
-        with storage.errors(f"could not read {handle.display}", error=FetchError,
-                            missing=f"not found: {handle.display} (no such bucket or object)"):
-            with storage.filesystem(where).open(where.path, "rb") as source:
-                return _copy_hashing(source.read, dest, handle)
-    raise AssertionError(f"not a remote archive handle: {handle}")
+def download_object(handle: Handle, dest: Path) -> str:
+    """Copy the gs:// or s3:// object behind handle to dest; return the sha256 of the bytes as stored there."""
+    where = storage.location(handle.location)
+    with storage.errors(f"could not read {handle.display}", error=FetchError,
+                        missing=f"not found: {handle.display} (no such bucket or object)"):
+        with storage.filesystem(where).open(where.path, "rb") as source:
+            return _copy_hashing(source.read, dest, handle)
 
 
 def _copy_hashing(read, dest: Path, handle: Handle, expected_size: int | None = None) -> str:
@@ -60,7 +56,8 @@ def _copy_hashing(read, dest: Path, handle: Handle, expected_size: int | None = 
     return digest.hexdigest()
 
 
-def _fetch_http(handle: Handle, dest: Path) -> str:
+def download_http(handle: Handle, dest: Path) -> str:
+    """Download the handle's URL to dest; return the sha256 of the bytes as sent."""
     import requests
     import urllib3
 
@@ -136,8 +133,7 @@ def fetch_folder(handle: Handle, dest: Path) -> None:
     for rel in files:
         if rel.startswith("..") or rel.startswith("/") or "/../" in f"/{rel}/":
             raise IntegrityError(f"unsafe object name under {handle.display}: {rel!r}")
-    for rel in files:
-        try:
-            storage.get_file(storage.join(handle.location, rel), dest / rel)
-        except StorageError as exc:
-            raise FetchError(str(exc)) from exc
+    try:
+        storage.download_folder(handle.location, dest, files)
+    except StorageError as exc:
+        raise FetchError(str(exc)) from exc

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 METADATA_PATH = "assets.extra/hubbeam_module.json"
-INPUT_KINDS = ("text", "image")
 
 
 def read_metadata(module_dir: str | Path) -> dict | None:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubbeam.errors import IntegrityError, ModuleFormatError
-from hubbeam.hub import archive, fetch
+from hubbeam.hub import archive
 from hubbeam.hub.allowlist import check_allowed
 from hubbeam.hub.cache import MARKER, CacheEntry
-from hubbeam.hub.digest import file_sha256, tree_sha256
-from hubbeam.hub.handles import Handle, parse_handle
+from hubbeam.hub.digest import tree_sha256
+from hubbeam.hub.handles import Handle
+from hubbeam.hub.kinds import parse_handle
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def resolve(handle: str, sha256: str | None = None) -> str:
 def resolve_module(handle: str, sha256: str | None = None) -> ResolvedModule:
     parsed = parse_handle(handle, sha256)
     check_allowed(parsed.location)  # before the cache, before any request: an allow-list, if one is set
-    if parsed.kind == "local_dir":
-        return _resolve_local_dir(parsed)
+    if parsed.kind.in_place:
+        return _resolve_in_place(parsed)
     entry = CacheEntry.for_location(parsed.location)
     marker = entry.read_marker()
     if marker is None or not _pin_matches(parsed.pinned_sha256, marker):
@@ -61,7 +62,7 @@ def resolve_module(handle: str, sha256: str | None = None) -> ResolvedModule:
     return ResolvedModule(parsed.display, entry.path, marker.get("archive_sha256"), marker["tree_sha256"])
 
 
-def _resolve_local_dir(parsed: Handle) -> ResolvedModule:
+def _resolve_in_place(parsed: Handle) -> ResolvedModule:
     path = Path(parsed.location)
     if not archive.is_saved_model_dir(path):
         raise ModuleFormatError(f"{path} is not a SavedModel folder (no saved_model.pb)")
@@ -78,22 +79,8 @@ def _pin_matches(pin: str | None, marker: dict) -> bool:
 def _fetch_into(entry: CacheEntry, parsed: Handle) -> dict:
     log.info("fetching %s", parsed.display)
     with entry.staging() as scratch:
-        archive_sha = None
-        extracted = scratch / "module"
-        if parsed.is_archive:
-            if parsed.kind == "local_archive":
-                source = Path(parsed.location)
-                archive_sha = file_sha256(source)
-            else:
-                source = scratch / "download.tar.gz"
-                archive_sha = fetch.fetch_archive(parsed, source)
-            archive.safe_extract(source, extracted)
-            module_dir = archive.module_root(extracted)
-        else:
-            fetch.fetch_folder(parsed, extracted)
-            module_dir = extracted
-            if not archive.is_saved_model_dir(module_dir):
-                raise ModuleFormatError(f"{parsed.display} is not a SavedModel folder (no saved_model.pb)")
+        fetched = parsed.kind.fetch_into(parsed, scratch)
+        module_dir, archive_sha = fetched.module_dir, fetched.archive_sha256
         tree = tree_sha256(module_dir)
         if not _pin_matches(parsed.pinned_sha256, {"archive_sha256": archive_sha, "tree_sha256": tree}):
             found = f"archive {archive_sha}, tree {tree}" if archive_sha else f"tree {tree}"

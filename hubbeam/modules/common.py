@@ -11,6 +11,7 @@ from pathlib import Path
 from hubbeam import __version__, tfenv
 from hubbeam.hub.digest import file_sha256, tree_sha256
 from hubbeam.hub.metadata import write_metadata
+from hubbeam.storage import install_folder
 
 
 def package_source(package: str, path: str | os.PathLike | None = None) -> dict:
@@ -61,11 +62,7 @@ def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: di
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_metadata(staging, metadata)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(staging, out)
+        install_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

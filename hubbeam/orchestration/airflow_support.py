@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import sys
 
+from hubbeam import settings
 from hubbeam.orchestration import layout
 
 CORPUS_DB_CONN_ID = "hubbeam_corpus_db"
@@ -47,11 +47,11 @@ def beam_command(options: dict) -> str:
 
 
 def default_module() -> str:
-    return os.environ.get("HUBBEAM_EMBED_MODULE") or os.path.abspath("build/modules/minilm")
+    return settings.EMBED_MODULE.get()
 
 
 def default_finetune_module() -> str:
-    return os.environ.get("HUBBEAM_FINETUNE_MODULE") or os.path.abspath("build/modules/digits")
+    return settings.FINETUNE_MODULE.get()
 
 
 def finetuned_name(base_module: str) -> str:

@@ -14,13 +14,13 @@ a re-run of the same interval writes the same paths. DATA_ROOT is a local folder
 from __future__ import annotations
 
 import datetime as dt
-import os
 
+from hubbeam import settings
 from hubbeam.storage import join
 
 
 def data_root() -> str:
-    return os.environ.get("HUBBEAM_DATA_ROOT") or os.path.abspath("build/demo/data")
+    return settings.DATA_ROOT.get()
 
 
 def corpus_root() -> str:
