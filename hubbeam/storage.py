@@ -133,12 +133,18 @@ class Location:
         return self.url
 
 
+def redact(url: str) -> str:
+    """url without the user name and password of its authority (`scheme://user:pass@host` -> `scheme://host`)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc and "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return url
+
+
 def location(url: str | os.PathLike | Location) -> Location:
     """Parse what a user gave as a place in storage; anything but a folder/file, file://, s3:// or gs:// is refused."""
     if isinstance(url, Location):
         return url
-    from hubbeam.hub.handles import redact
-
     text = os.fspath(url).strip()
     if not text:
         raise HubbeamError(f"empty path; expected {FORMS}")

@@ -149,6 +149,6 @@ def _storage_location(location: str):
 
 
 def _shown(location: str) -> str:
-    from hubbeam.hub.handles import redact
+    from hubbeam.storage import redact
 
     return redact(location)

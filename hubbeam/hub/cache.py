@@ -51,7 +51,7 @@ class CacheEntry:
 
     @classmethod
     def for_location(cls, location: str, root: Path | None = None) -> "CacheEntry":
-        from hubbeam.hub.handles import redact
+        from hubbeam.storage import redact
 
         root = root or cache_root()
         location = redact(location)  # credentials in a URL must not turn up in folder names

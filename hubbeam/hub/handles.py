@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hubbeam.errors import HandleError
+from hubbeam.storage import redact
 
 if TYPE_CHECKING:
     from hubbeam.hub.kinds import HandleKind
@@ -31,14 +31,6 @@ class Handle:
     def display(self) -> str:
         """The location with any credentials stripped: safe to print and to record in provenance."""
         return redact(self.location)
-
-
-def redact(url: str) -> str:
-    """url without the user name and password of its authority (`scheme://user:pass@host` -> `scheme://host`)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.netloc and "@" in parts.netloc:
-        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return url
 
 
 def without_pin(handle: str) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 from hubbeam.errors import HandleError, ModuleFormatError
 from hubbeam.hub import archive, fetch
 from hubbeam.hub.digest import file_sha256
-from hubbeam.hub.handles import Handle, redact, split_pins
+from hubbeam.hub.handles import Handle, split_pins
+from hubbeam.storage import redact
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 SUPPORTED_FORMS = (

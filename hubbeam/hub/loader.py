@@ -103,13 +103,11 @@ class Embedder:
     @property
     def input_kind(self) -> str:
         """'text' (strings), 'image' (float [N, H, W, 3]) or 'tensors' (anything else: pass a dict)."""
+        from hubbeam.hub.input_kinds import TENSORS, kind_of
+
         if len(self.input_specs) == 1:
-            spec = next(iter(self.input_specs.values()))
-            if spec.dtype.name == "string" and spec.shape.rank == 1:
-                return "text"
-            if spec.dtype.is_floating and spec.shape.rank == 4 and spec.shape[-1] == 3:
-                return "image"
-        return "tensors"
+            return kind_of(next(iter(self.input_specs.values())))
+        return TENSORS
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -115,7 +115,7 @@ class EmbedChunks(beam.DoFn):
     def display_data(self):
         """The module, as a runner shows the step and as a job's pipeline records it (a Dataflow dry run's job
         description says which module its workers will load): the handle without credentials, and its pin."""
-        from hubbeam.hub.handles import redact
+        from hubbeam.storage import redact
 
         pin = {"module_sha256": self.model_handle.spec.sha256} if self.model_handle.spec.sha256 else {}
         return {"module": redact(self.model_handle.spec.handle), **pin, "batch_size": self.batch_size}
