@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hubbeam import __version__, tfenv
 from hubbeam.hub.digest import file_sha256, tree_sha256
-from hubbeam.hub.metadata import write_metadata
+from hubbeam.hub.metadata import ModuleMetadata, write_metadata
 from hubbeam.storage import install_folder
 
 
@@ -45,7 +45,7 @@ def reusable_root(encoder, call_fn, input_spec, *, variables=None, trainable_var
     return root
 
 
-def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: dict) -> Path:
+def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: ModuleMetadata) -> Path:
     """Save root with named signatures and metadata; the output folder is replaced only once complete."""
     tf = tfenv.tensorflow()
     out = Path(out_dir).resolve()
@@ -53,7 +53,7 @@ def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: di
     staging = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
     try:
         tf.saved_model.save(root, str(staging), signatures=signatures)
-        metadata = {
+        metadata: ModuleMetadata = {
             **metadata,
             "signatures": sorted(signatures),
             "weights_sha256": tree_sha256(staging / "variables"),

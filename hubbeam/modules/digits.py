@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hubbeam import tfenv
+from hubbeam.hub.metadata import ModuleMetadata
 from hubbeam.modules.common import reusable_root, save_module
 
 tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
@@ -115,7 +116,7 @@ def build(out_dir: str | os.PathLike) -> Path:
 
     root = reusable_root(encoder, lambda images, training=False: encoder.features(images, training), image_spec)
     signatures = {"default": tf.function(embed).get_concrete_function(image_spec)}
-    metadata = {
+    metadata: ModuleMetadata = {
         "name": NAME,
         "version": "1",
         "description": "CNN features of handwritten digits (light strokes on dark), trained on sklearn's digits",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hubbeam import tfenv
+from hubbeam.hub.metadata import ModuleMetadata
 from hubbeam.modules.common import package_source, reusable_root, save_module
 
 tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
@@ -77,7 +78,7 @@ def build(out_dir: str | os.PathLike) -> Path:
                 tf.TensorSpec([None], tf.int32, name="sequence_len"),
             ),
         }
-        metadata = {
+        metadata: ModuleMetadata = {
             "name": NAME,
             "version": "1",
             "description": "all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), WordPiece in-graph",

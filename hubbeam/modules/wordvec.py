@@ -18,6 +18,7 @@ import numpy as np
 from hubbeam import tfenv
 from hubbeam.errors import HubbeamError
 from hubbeam.hub.digest import file_sha256
+from hubbeam.hub.metadata import ModuleMetadata
 from hubbeam.modules.common import package_source, reusable_root, save_module
 
 tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
@@ -101,7 +102,7 @@ def build(out_dir: str | os.PathLike, embeddings: str | os.PathLike | None = Non
                 tf.TensorSpec([None], tf.int32, name="sequence_len"),
             ),
         }
-        metadata = {
+        metadata: ModuleMetadata = {
             "name": NAME,
             "version": "1",
             "description": "sqrt-n combination of word vectors, NNLM-style",
