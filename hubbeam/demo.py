@@ -115,8 +115,7 @@ def main(argv=None) -> int:
     show_modules(paths, data)
     create_corpus(data, args.rows)
     run_dags(workdir, data, paths)
-    text_outputs = show_outputs(data)
-    show_search(text_outputs[0], paths["minilm"])
+    show_search(newest_text_output(show_outputs(data), paths["minilm"]), paths["minilm"])
     print(f"\ndemo finished. Airflow home (SQLite): {workdir}/airflow; `make airflow` starts the UI on it.")
     return 0
 
@@ -158,8 +157,8 @@ def run_dags(workdir: Path, data: Path, paths: dict[str, Path]) -> None:
         {"base_module": str(paths["digits"]), "train": str(train), "image_column": "path", "epochs": 3}))
 
 
-def show_outputs(data: Path) -> list[str]:
-    """Print every output and published module; the text outputs (to search in)."""
+def show_outputs(data: Path) -> list[dict]:
+    """Print every output and published module; return the manifests of the text outputs (to search in)."""
     from hubbeam.export.publishing import FOLDER
     from hubbeam.hub.metadata import read_metadata
     from hubbeam.pipeline import read_manifest
@@ -174,7 +173,7 @@ def show_outputs(data: Path) -> list[str]:
         if report.exists():
             print(f"    report {report}")
         if manifest["module"]["input_kind"] == "text":
-            text_outputs.append(str(manifest_path.parent))
+            text_outputs.append({**manifest, "output": str(manifest_path.parent)})
 
     for marker in sorted((data / "modules").glob("*/*/_PUBLISHED.json")):
         published = json.loads(marker.read_text())
@@ -183,6 +182,13 @@ def show_outputs(data: Path) -> list[str]:
               f"(accuracy {tune['baseline']:.3f} frozen -> {tune['finetuned']:.3f} fine-tuned, "
               f"sha256 {published['tree_sha256'][:16]}…)")
     return text_outputs
+
+
+def newest_text_output(text_outputs: list[dict], module: Path) -> str:
+    """The output this run embedded with module: the newest of its handle's. An earlier demo's outputs stay in
+    the data folder, and after a rebuild they hold another digest of the same handle, which search refuses."""
+    mine = [m for m in text_outputs if m["module"]["handle"] == str(module)]
+    return max(mine, key=lambda m: m["finished_at"])["output"]
 
 
 def show_search(output: str, module: Path) -> None:
