@@ -13,6 +13,7 @@ import uuid
 
 from hubbeam import __version__
 from hubbeam.errors import HubbeamError, JobFailedError
+from hubbeam.pipeline.inputs import INPUT_KINDS
 from hubbeam.pipeline.options import EmbedJob
 from hubbeam.pipeline.output import JobMetrics, Manifest
 from hubbeam.pipeline.sources import InputSpec, file_format_error, match_inputs
@@ -96,7 +97,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.transforms import INPUT_COUNTS, REJECTED, EmbedImages, EmbedText, ReadRows
+    from hubbeam.pipeline.transforms import EMBED, INPUT_COUNTS, REJECTED, ReadRows
 
     described = model.acquire().description
     spec = InputSpec(kind=described.input_kind, format=job.input_format, id_column=job.id_column,
@@ -104,7 +105,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
                      chunk_rows=job.chunk_rows, max_text_chars=job.max_text_chars)
     schema = _embeddings_schema(job, described, files, run_id)
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
-    transform = (EmbedText if described.input_kind == "text" else EmbedImages)(
+    transform = EMBED[described.input_kind](
         model.pinned(described.sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
         image_size=described.image_size, reshuffle=spreads_work(pipeline.options))
 
@@ -223,7 +224,7 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
     loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again
     described = loaded.description
     kind = described.input_kind
-    if kind not in ("text", "image"):
+    if kind not in INPUT_KINDS:
         raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes several inputs "
                            f"({', '.join(described.input_names)}); hubbeam embed needs one text or image input")
     if kind == "image" and described.image_size is None:

@@ -124,14 +124,15 @@ def join(directory: str, name: str) -> str:
 def embeddings_schema(dim: int, kind: str, extras: dict, provenance: dict, float16: bool = False):
     import pyarrow as pa
 
+    from hubbeam.pipeline.inputs import input_kind
+
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("embedding", pa.list_(pa.float16() if float16 else pa.float32(), dim), nullable=False),
         pa.field("source", pa.string()),
         pa.field("content_sha256", pa.string()),
     ]
-    if kind == "text":
-        fields.append(pa.field("truncated", pa.bool_()))
+    fields += input_kind(kind).output_fields()
     fields += [pa.field(name, pa.type_for_alias(type_name)) for name, type_name in extras.items()]
     metadata = {f"hubbeam.{key}": str(value) for key, value in provenance.items() if value is not None}
     return pa.schema(fields, metadata=metadata)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from hubbeam.errors import HubbeamError
 from hubbeam.pipeline import rows as R
+from hubbeam.pipeline.inputs import input_kind
 from hubbeam.pipeline.options import CHUNK_ROWS, INPUT_FORMATS, MAX_TEXT_CHARS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -60,7 +61,7 @@ def file_format_error(spec: InputSpec, fmt: str | None) -> str | None:
         return "unknown file type (use --input-format)"
     if spec.kind not in FORMATS[fmt].feeds:
         article = "an" if fmt[0] in "aeiou" else "a"
-        return f"{article} {fmt} file, but the module takes {'images' if spec.kind == 'image' else spec.kind}"
+        return f"{article} {fmt} file, but the module takes {input_kind(spec.kind).noun}"
     return None
 
 
@@ -122,11 +123,7 @@ class RowReader:
         row_id = f"{path}:{index}" if raw_id is None or raw_id == "" else _valid_utf8(str(raw_id))
         extras = {c: _valid_utf8(v) if isinstance(v, str) else v for c, v in
                   ((c, record.get(c)) for c in self.spec.keep_columns)}
-        if self.spec.kind == "image":
-            return self.image_row(row_id, path, record.get(self.spec.image_column), extras)
-        if self.spec.text_column not in record:
-            return R.Rejected(row_id, path, R.MISSING_TEXT, f"no {self.spec.text_column!r} field")
-        return self.text_row(row_id, path, record[self.spec.text_column], extras)
+        return input_kind(self.spec.kind).record_row(self, row_id, path, record, extras)
 
     # formats -----------------------------------------------------------------------------------
     def _read_txt(self, path, handle):
@@ -174,7 +171,7 @@ class RowReader:
 
         parquet = pq.ParquetFile(handle)
         names = set(parquet.schema_arrow.names)
-        value_column = self.spec.image_column if self.spec.kind == "image" else self.spec.text_column
+        value_column = input_kind(self.spec.kind).value_column(self.spec)
         wanted = [c for c in dict.fromkeys([self.spec.id_column, value_column, *self.spec.keep_columns]) if c in names]
         index = 0
         for batch in parquet.iter_batches(batch_size=self.spec.chunk_rows, columns=wanted):

@@ -23,7 +23,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from hubbeam import storage
 from hubbeam.pipeline import rows as R
-from hubbeam.pipeline.model import ModelHandle, ModelLoader, ModuleSpec, embed_isolating_failures, text_batches
+from hubbeam.pipeline.inputs import input_kind
+from hubbeam.pipeline.model import ModelHandle, ModelLoader, ModuleSpec, embed_isolating_failures
 from hubbeam.pipeline.options import BATCH_SIZE, CHUNK_ROWS
 from hubbeam.pipeline.sources import InputSpec, RowReader
 
@@ -41,11 +42,9 @@ def as_row(element, kind: str) -> R.Row | R.Rejected:
     if isinstance(element, (R.Row, R.Rejected)):
         return element
     if isinstance(element, dict):
-        element = (element.get("id"), element.get("text" if kind == "text" else "image"))
+        element = (element.get("id"), element.get(kind))
     row_id, value = element
-    reader = RowReader(InputSpec(kind=kind))
-    make = reader.text_row if kind == "text" else reader.image_row
-    return make(str(row_id), "", value, {})
+    return input_kind(kind).row(RowReader(InputSpec(kind=kind)), str(row_id), "", value, {})
 
 
 class ReadRows(beam.DoFn):
@@ -102,6 +101,7 @@ class EmbedChunks(beam.DoFn):
         self.model_handle = model
         self.schema = schema
         self.kind = kind
+        self.input = input_kind(kind)
         self.batch_size = batch_size
         self.budget_chars = budget_chars
         self.image_size = image_size
@@ -135,7 +135,7 @@ class EmbedChunks(beam.DoFn):
         for element in chunk:
             row = as_row(element, self.kind)
             (rejected if isinstance(row, R.Rejected) else rows).append(row)
-        if self.kind == "text":
+        if not self.input.decodes_ahead:
             digests = [R.content_sha256(r.value) for r in rows]
             yield from self._embed_rows(rows, [r.value for r in rows], digests, rejected, len(chunk))
             return
@@ -181,8 +181,7 @@ class EmbedChunks(beam.DoFn):
                 yield decoding.where.with_value(output)
 
     def _embed_rows(self, rows, inputs, digests, rejected, chunk_size: int):
-        batches = (text_batches(inputs, self.batch_size, self.budget_chars) if self.kind == "text"
-                   else [list(range(i, min(i + self.batch_size, len(rows)))) for i in range(0, len(rows), self.batch_size)])
+        batches = self.input.batches(inputs, self.batch_size, self.budget_chars)
         for batch in batches:
             yield from self._embed_batch([rows[i] for i in batch], [inputs[i] for i in batch],
                                          [digests[i] for i in batch], rejected)
@@ -196,11 +195,8 @@ class EmbedChunks(beam.DoFn):
 
         from hubbeam.pipeline.output import embeddings_table
 
-        if self.kind == "text":
-            self.padding.inc(len(inputs) * max(map(len, inputs)) - sum(map(len, inputs)))
-            inputs = list(inputs)
-        else:
-            inputs = np.stack(inputs)
+        self.padding.inc(self.input.padding(inputs))
+        inputs = self.input.model_batch(inputs)
 
         def failed(i, exc):
             message = " ".join(str(exc).split())[:500] or type(exc).__name__
@@ -305,6 +301,9 @@ class EmbedImages(_Embed):
     """PCollection of Row, (id, image bytes) or {"id", "image"} -> `embeddings` and `rejected`, as EmbedText."""
 
     kind = "image"
+
+
+EMBED = {EmbedText.kind: EmbedText, EmbedImages.kind: EmbedImages}  # the transform for each input kind
 
 
 def _describe(loader: ModelLoader, kind: str):
