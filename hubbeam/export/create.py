@@ -497,13 +497,10 @@ def export_module(source, out_dir: str | os.PathLike, *, signatures=None, name: 
     the contract check (default: synthesised from the input spec). name/version default to the source's
     hubbeam metadata, else out_dir's name and "1".
     """
-    from hubbeam.export.contract import check_contract
-    from hubbeam.modules.common import reusable_root, save_module
-
     out = Path(out_dir).expanduser().resolve()
     given = parse_signatures(signatures)
     src = _source_from(source, builder, custom_objects)  # a path that is not a model fails before TF loads
-    tf = tfenv.tensorflow()
+    tfenv.tensorflow()
     specs = given or src.default_signatures
     primary = next((s for s in specs if s.name == "default"), specs[0])
     # __call__ is the primary signature's function, except that a reusable source keeps its own __call__
@@ -512,16 +509,11 @@ def export_module(source, out_dir: str | os.PathLike, *, signatures=None, name: 
         call_source, call_output = src.default_call, None
     else:
         call_source, call_output = primary.source, primary.output
-
-    functions = {}
-    for source_name in [call_source, *(spec.source for spec in specs)]:
-        if source_name not in functions:
-            functions[source_name] = src.function(source_name)
+    functions = _functions(src, [call_source, *(spec.source for spec in specs)])
     main = functions[call_source]
     if len(main.specs) != 1:
         raise HubbeamError(f"__call__ needs a single-input function; {call_source!r} takes "
                            f"{', '.join(s.name for s in main.specs)}")
-    call_spec = main.specs[0]
     what = f"signature {primary.name!r} ({call_source})"
 
     def call(inputs, training=False):
@@ -529,41 +521,70 @@ def export_module(source, out_dir: str | os.PathLike, *, signatures=None, name: 
 
     signature_fns = {spec.name: (_signature_fn(functions[spec.source], spec), functions[spec.source].specs)
                      for spec in specs}
+    root, concrete, dim = _module_root(src, main, call, signature_fns)
+    metadata = _export_metadata(src, out, main.specs[0], primary.name, dim, name, version, description)
+    references = {n: _reference(fn, s) for n, (fn, s) in signature_fns.items()}
+    references[CALL] = lambda x: call(x, training=False)
+    _save_checked(root, concrete, metadata, out, references, primary.name, sample, bool(main.trainable_variables))
+    return out
 
+
+def _functions(src: "_Source", names: list[str]) -> dict[str, "_Function"]:
+    """Each named function of the source once, in the order first asked for."""
+    functions = {}
+    for source_name in names:
+        if source_name not in functions:
+            functions[source_name] = src.function(source_name)
+    return functions
+
+
+def _module_root(src: "_Source", main: "_Function", call, signature_fns: dict):
+    """(the reusable root object, the traced signatures, the output dimension or None)."""
+    from hubbeam.modules.common import reusable_root
+
+    tf = tfenv.tensorflow()
+    call_spec = main.specs[0]
     root = reusable_root(src.trackable, call, call_spec, variables=main.variables,
                          trainable_variables=main.trainable_variables,
                          regularization_losses=main.regularization_losses)
-    traced_call = root.__call__
     concrete = {name: tf.function(fn, input_signature=list(specs)).get_concrete_function()
                 for name, (fn, specs) in signature_fns.items()}
-
-    output = traced_call.get_concrete_function(call_spec, False).structured_outputs
+    output = root.__call__.get_concrete_function(call_spec, False).structured_outputs
     dim = output.shape[-1] if getattr(output, "shape", None) is not None and output.shape.rank else None
+    return root, concrete, dim
+
+
+def _export_metadata(src: "_Source", out: Path, call_spec, primary: str, dim, name, version, description):
     base = {k: v for k, v in src.metadata.items() if k not in _COMPUTED_METADATA}
     metadata = {
         **base,
         "name": name or base.get("name") or safe_name(out.name),
         "version": str(version or base.get("version") or "1"),
         "description": description or base.get("description") or f"exported from {src.provenance.get('kind')}",
-        "input": _input_metadata(call_spec, primary.name, src.metadata),
+        "input": _input_metadata(call_spec, primary, src.metadata),
         "output_dim": int(dim) if dim is not None else None,
         "exported_from": src.provenance,
     }
     check_name(metadata["name"], "name")
     check_name(metadata["version"], "version")
-    references = {n: _reference(fn, s) for n, (fn, s) in signature_fns.items()}
-    references[CALL] = lambda x: call(x, training=False)
+    return metadata
+
+
+def _save_checked(root, concrete: dict, metadata: dict, out: Path, references: dict, primary: str, sample,
+                  require_trainable: bool) -> None:
+    """Save into a staging folder beside out, check the contract there, then install it as out."""
+    from hubbeam.export.contract import check_contract
+    from hubbeam.modules.common import save_module
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
     try:
         save_module(root, staging, concrete, metadata)
-        check_contract(staging, references=references, primary=primary.name, sample=sample,
-                       require_trainable=bool(main.trainable_variables))
+        check_contract(staging, references=references, primary=primary, sample=sample,
+                       require_trainable=require_trainable)
         install(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
 
 
 def _signature_fn(fn: _Function, spec: SignatureSpec):
