@@ -579,7 +579,7 @@ def _save_checked(root, concrete: dict, metadata: dict, out: Path, references: d
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
     try:
-        save_module(root, staging, concrete, metadata)
+        save_module(root, staging, concrete, metadata, staged=True)
         check_contract(staging, references=references, primary=primary, sample=sample,
                        require_trainable=require_trainable)
         install(staging, out)

@@ -32,9 +32,7 @@ import csv
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections import defaultdict
 import dataclasses
 from dataclasses import dataclass, field
@@ -525,9 +523,8 @@ def _stem(handle: str) -> str:
 
 
 def _export_encoder(obj, out: Path, metadata: dict, sample: np.ndarray) -> Path:
-    """Re-save the (updated) restored module object, check it against itself, then put it in place."""
+    """Re-save the (updated) restored module object into the staging folder out and check it against itself."""
     from hubbeam.export.contract import compare_outputs, as_numpy, check_contract, sample_for
-    from hubbeam.export.create import install
     from hubbeam.modules.common import save_module
 
     tf = _tf()
@@ -545,12 +542,7 @@ def _export_encoder(obj, out: Path, metadata: dict, sample: np.ndarray) -> Path:
             primary = "default"
         except Exception:  # noqa: BLE001 - they differ by design in this module: not part of its contract
             primary = None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.finetune-{uuid.uuid4().hex[:8]}"
-    try:
-        save_module(obj, staging, signatures, metadata)
-        check_contract(staging, references=references, primary=primary, sample=sample, require_trainable=True)
-        install(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # out is staged_folder's staging folder: it becomes the module only if this returns.
+    save_module(obj, out, signatures, metadata, staged=True)
+    check_contract(out, references=references, primary=primary, sample=sample, require_trainable=True)
     return out

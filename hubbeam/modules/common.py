@@ -45,24 +45,36 @@ def reusable_root(encoder, call_fn, input_spec, *, variables=None, trainable_var
     return root
 
 
-def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: ModuleMetadata) -> Path:
-    """Save root with named signatures and metadata; the output folder is replaced only once complete."""
+def save_module(root, out_dir: str | os.PathLike, signatures: dict, metadata: ModuleMetadata, *,
+                staged: bool = False) -> Path:
+    """Save root with named signatures and metadata; the output folder is replaced only once complete.
+
+    staged: out_dir is already a staging folder the caller installs (after checking it) or discards, so the
+    module is written straight into it instead of being staged twice.
+    """
     tf = tfenv.tensorflow()
     out = Path(out_dir).resolve()
+    if staged:
+        _save(tf, root, out, signatures, metadata)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
     try:
-        tf.saved_model.save(root, str(staging), signatures=signatures)
-        metadata: ModuleMetadata = {
-            **metadata,
-            "signatures": sorted(signatures),
-            "weights_sha256": tree_sha256(staging / "variables"),
-            "hubbeam_version": __version__,
-            "tensorflow_version": tf.__version__,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_metadata(staging, metadata)
+        _save(tf, root, staging, signatures, metadata)
         install_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _save(tf, root, staging: Path, signatures: dict, metadata: ModuleMetadata) -> None:
+    tf.saved_model.save(root, str(staging), signatures=signatures)
+    metadata = {
+        **metadata,
+        "signatures": sorted(signatures),
+        "weights_sha256": tree_sha256(staging / "variables"),
+        "hubbeam_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_metadata(staging, metadata)
