@@ -46,7 +46,7 @@ from hubbeam.errors import HubbeamError, ModuleFormatError, first_line
 from hubbeam.hub import input_kinds as kinds
 from hubbeam.hub.archive import is_saved_model_dir
 from hubbeam.hub.digest import file_sha256, tree_sha256
-from hubbeam.hub.metadata import read_metadata
+from hubbeam.hub.metadata import ModuleInput, ModuleMetadata, read_metadata
 from hubbeam.storage import install_folder as install  # finetuning imports it from here too
 
 CALL = "__call__"
@@ -473,9 +473,9 @@ def _single(result, what: str):
                        "with --signature default=SOURCE:OUTPUT")
 
 
-def _input_metadata(spec, signature: str, base: dict) -> dict:
+def _input_metadata(spec, signature: str, base: dict) -> ModuleInput:
     shape = spec.shape.as_list() if spec.shape.rank is not None else None
-    info: dict[str, Any] = {"signature": signature, "dtype": spec.dtype.name, "shape": shape}
+    info: ModuleInput = {"signature": signature, "dtype": spec.dtype.name, "shape": shape}
     kind = kinds.kind_of(spec)
     if kind != kinds.TENSORS:
         info["kind"] = kind
@@ -554,9 +554,10 @@ def _module_root(src: "_Source", main: "_Function", call, signature_fns: dict):
     return root, concrete, dim
 
 
-def _export_metadata(src: "_Source", out: Path, call_spec, primary: str, dim, name, version, description):
+def _export_metadata(src: "_Source", out: Path, call_spec, primary: str, dim, name, version,
+                     description) -> ModuleMetadata:
     base = {k: v for k, v in src.metadata.items() if k not in _COMPUTED_METADATA}
-    metadata = {
+    metadata: ModuleMetadata = {
         **base,
         "name": name or base.get("name") or safe_name(out.name),
         "version": str(version or base.get("version") or "1"),

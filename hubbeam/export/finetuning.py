@@ -45,6 +45,7 @@ from hubbeam import storage
 from hubbeam.errors import HubbeamError, StorageError
 from hubbeam.hub import input_kinds as kinds
 from hubbeam.hub.archive import SAVED_MODEL_FILES
+from hubbeam.hub.metadata import ModuleMetadata
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +491,8 @@ def _train_together(layer, head, x_train, y_train, x_eval, y_eval, epochs: int, 
     return finetuned, steps, epoch_losses
 
 
-def _finetuned_metadata(base_metadata: dict, resolved, train, name: str, version: str, summary: dict) -> dict:
+def _finetuned_metadata(base_metadata: dict, resolved, train, name: str, version: str,
+                        summary: dict) -> ModuleMetadata:
     """The base's metadata, less what described its own making, plus where this module came from."""
     metadata = {k: v for k, v in base_metadata.items() if k not in ("training", "finetune", "parent", "exported_from")}
     metadata.update({

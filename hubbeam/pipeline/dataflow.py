@@ -10,6 +10,8 @@ before submit_job_description, the one request to the Dataflow service. With a G
 """
 from __future__ import annotations
 
+from typing import TypedDict
+
 from hubbeam.errors import HubbeamError
 
 JOB_FILE = "dataflow_job.json"  # in the job's staging folder when --dataflow_job_file does not say where
@@ -48,7 +50,20 @@ def check_dry_run(options, runner: str) -> bool:
     return test.dry_run
 
 
-def stage(job, runner: str) -> dict:
+class StagedJob(TypedDict):
+    """What a dry run staged (run_embed returns it instead of a manifest)."""
+
+    dry_run: bool  # always True: tells it apart from a Manifest
+    runner: str
+    job_name: str
+    project: str
+    region: str
+    staging_location: str
+    job_file: str
+    packages: list[str]
+
+
+def stage(job, runner: str) -> StagedJob:
     """Stage a dry run's translated job (`result.job` of DataflowRunner) and write its job description.
 
     Returns what the CLI reports: job name, project, region, staging folder, job file, staged packages.
@@ -75,7 +90,7 @@ def stage(job, runner: str) -> dict:
             "packages": [p.location for pool in job.proto.environment.worker_pools for p in pool.packages]}
 
 
-def summary(staged: dict) -> str:
+def summary(staged: StagedJob) -> str:
     packages = ", ".join(p.rsplit("/", 1)[-1] for p in staged["packages"]) or "none"
     return "\n".join([
         f"dry run: {staged['runner']} job {staged['job_name']} (project {staged['project']}, region "

@@ -13,6 +13,7 @@ import uuid
 
 from hubbeam import __version__
 from hubbeam.errors import HubbeamError, JobFailedError
+from hubbeam.pipeline.dataflow import StagedJob
 from hubbeam.pipeline.inputs import INPUT_KINDS
 from hubbeam.pipeline.options import EmbedJob
 from hubbeam.pipeline.output import JobMetrics, Manifest
@@ -195,7 +196,7 @@ def _unsafe_ops(described) -> dict[str, list[str]]:
     return {name: list(ops) for name, ops in sorted(audit_module(described.path).unsafe.items())}
 
 
-def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> dict:
+def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest | StagedJob:
     """Run the job to completion; returns the manifest. Raises HubbeamError for anything the user can fix.
 
     With --runner=DataflowRunner --dry_run=True the job is translated and staged but not submitted
@@ -281,7 +282,7 @@ def job_metrics(result) -> JobMetrics | None:
     return {**dict(sorted(totals.items())), "worker_processes": len(workers)} if totals else None
 
 
-def summary(manifest: Manifest, output: str) -> str:
+def summary(manifest: Manifest | StagedJob, output: str) -> str:
     if manifest.get("dry_run"):
         from hubbeam.pipeline.dataflow import summary as dry_run_summary
 
