@@ -147,3 +147,12 @@ def test_the_job_is_a_library_and_the_cli_owns_the_flags():
     code = "import sys, hubbeam.cli; print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_the_child_that_refuses_tensorflow_does_refuse_it(tiny_wordvec_module):
+    """What makes "refused before TensorFlow is loaded" checks able to fail: loading a module there breaks."""
+    from tests.cli import hubbeam_cli_without_tensorflow
+
+    result = hubbeam_cli_without_tensorflow("encode", "--module", tiny_wordvec_module, "the cat")
+    assert result.returncode != 0 and "TENSORFLOW WAS IMPORTED" in result.stderr, result.stderr[-2000:]
+    assert hubbeam_cli_without_tensorflow("--help").returncode == 0

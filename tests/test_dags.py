@@ -195,7 +195,7 @@ def test_explicit_input_and_output(dagbag, workspace, tiny_wordvec_module, tmp_p
 
 @pytest.mark.parametrize("conf, message", [
     ({"runner": "NopeRunner"}, "NopeRunner"),
-    ({"batch_size": 0}, "0"),
+    ({"batch_size": 0}, "0 is less than the minimum of 1"),
     ({"module": ""}, "module"),
     ({"beam_options": "not a dict"}, "beam_options"),
 ])
