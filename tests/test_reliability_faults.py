@@ -362,7 +362,7 @@ def test_publish_to_s3_killed_half_way_publishes_nothing_and_the_retry_succeeds(
     s3_proxy.fault = lambda n, method, path: None
     assert published_version(dest, "wordvec", "1") is None
     assert s3_keys(s3_proxy, "killed/") == written, "what the dead publish wrote stays, without a marker"
-    with pytest.raises(HubbeamError):  # the half-written folder is not a module a consumer could load
+    with pytest.raises(HubbeamError, match="saved_model.pb"):  # the half-written folder is not a module a consumer could load
         resolve_module(f"{dest}/wordvec/1/saved_model")
 
     retry = publish(tiny_wordvec_module, dest)
