@@ -323,7 +323,6 @@ def _cmd_search(args) -> int:
 def _cmd_report(args) -> int:
     from hubbeam.inspection.report import write_report
 
-
     path = write_report(args.embeddings, args.out, color_by=args.color_by, sample=args.sample,
                         examples=args.examples, neighbours=args.neighbours, seed=args.seed,
                         id_column=args.id_column, text_column=args.text_column, image_column=args.image_column)

@@ -1,0 +1,88 @@
+"""README promises that had no test of their own (issue 17): TSV input with renamed columns and truncation
+through the CLI, EmbedText in someone else's pipeline fed dicts, tuples and Rows, the progress log and the
+summary, and a report that is a function of its output and seed."""
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import hubbeam
+from hubbeam.pipeline.output import read_embeddings, read_manifest
+from tests.cli import hubbeam_cli
+
+
+def test_tsv_with_renamed_columns_and_truncation_through_the_cli(tmp_path, tiny_wordvec_module):
+    (tmp_path / "in.tsv").write_text("key\tbody\tlang\n"
+                                     "a\tthe cat sat\ten\n"
+                                     "b\tthe mat, the mat, the mat\ten\n"
+                                     "c\t\ten\n")
+    result = hubbeam_cli("embed", "--input", tmp_path / "in.tsv", "--output", tmp_path / "out", "--module",
+                         tiny_wordvec_module, "--id-column", "key", "--text-column", "body", "--max-text-chars", "7",
+                         "--keep-columns", "lang")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "embedded 2 of 3 rows (1 rejected: 1 empty_text)" in result.stdout, result.stdout
+    ids, vectors, extra = read_embeddings(str(tmp_path / "out"), columns=["truncated", "lang"])
+    by_id = dict(zip(ids, zip(extra["truncated"], extra["lang"])))
+    assert by_id == {"a": (True, "en"), "b": (True, "en")}
+    embedder = hubbeam.load(str(tiny_wordvec_module))
+    np.testing.assert_allclose(vectors[ids.index("a")], embedder(["the cat"])[0], rtol=1e-5, atol=1e-6)
+    rejected = pq.read_table(tmp_path / "out" / read_manifest(str(tmp_path / "out"))["outputs"]["rejected"][0]["file"])
+    assert rejected.to_pylist()[0]["id"] == "c"
+
+
+def test_embed_text_in_your_own_pipeline_takes_dicts_tuples_and_rows(tiny_wordvec_module):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from hubbeam.pipeline import EmbedText
+    from hubbeam.pipeline.rows import Row
+
+    elements = [{"id": "d", "text": "the cat"}, ("t", "sat on the mat"), Row("r", "mine", "the mat", {}),
+                {"id": "empty", "text": "  "}]
+    embedder = hubbeam.load(str(tiny_wordvec_module))
+    expected = {"d": embedder(["the cat"])[0], "t": embedder(["sat on the mat"])[0], "r": embedder(["the mat"])[0]}
+
+    def vectors_match(tables):
+        got = {}
+        for table in tables:
+            for row in table.to_pylist():
+                got[row["id"]] = np.asarray(row["embedding"], np.float32)
+        assert got.keys() == expected.keys()
+        for key, vector in got.items():
+            np.testing.assert_allclose(vector, expected[key], rtol=1e-5, atol=1e-6)
+
+    with beam.Pipeline("FnApiRunner") as p:
+        out = p | beam.Create(elements) | EmbedText(str(tiny_wordvec_module), batch_size=2)
+        assert_that(out.embeddings, vectors_match, label="embeddings")
+        assert_that(out.rejected | beam.Map(lambda r: (r.id, r.reason)), equal_to([("empty", "empty_text")]),
+                    label="rejected")
+
+
+def test_progress_is_logged_and_the_summary_printed(tmp_path, tiny_wordvec_module, monkeypatch, caplog):
+    from hubbeam.pipeline import transforms
+    from hubbeam.pipeline.job import run_embed, summary
+    from hubbeam.pipeline.options import EmbedJob
+
+    (tmp_path / "in.txt").write_text("".join(f"the cat {i}\n" for i in range(40)))
+    monkeypatch.setattr(transforms, "PROGRESS_EVERY_S", 0.0)  # every chunk, instead of every 10 s
+    with caplog.at_level(logging.INFO, logger="hubbeam.progress"):
+        manifest = run_embed(EmbedJob(input=str(tmp_path / "in.txt"), output=str(tmp_path / "out"),
+                                      module=str(tiny_wordvec_module), chunk_rows=8, batch_size=4))
+    progress = [r.getMessage() for r in caplog.records if r.name == "hubbeam.progress"]
+    assert progress and all("rows/s" in line for line in progress), progress
+    assert progress[-1].split(": ")[1].startswith("40 rows"), progress
+    text = summary(manifest, str(tmp_path / "out"))
+    assert text.startswith("embedded 40 of 40 rows (0 rejected) from 1 files")
+    assert f"sha256 {manifest['module']['sha256'][:16]}" in text and "manifest.json, _SUCCESS" in text
+
+
+def test_the_report_is_a_function_of_its_output_and_seed(tmp_path, tiny_wordvec_module):
+    (tmp_path / "in.txt").write_text("".join(f"{w} {i}\n" for i, w in enumerate(["the cat", "the mat", "sat"] * 20)))
+    assert hubbeam_cli("embed", "--input", tmp_path / "in.txt", "--output", tmp_path / "out", "--module",
+                       tiny_wordvec_module).returncode == 0
+    pages = []
+    for name in ("a.html", "b.html"):
+        result = hubbeam_cli("report", tmp_path / "out", "--out", tmp_path / name, "--seed", "7", "--sample", "20")
+        assert result.returncode == 0, result.stderr[-2000:]
+        pages.append((tmp_path / name).read_bytes())
+    assert pages[0] == pages[1] and len(pages[0]) > 1000
