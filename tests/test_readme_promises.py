@@ -86,3 +86,52 @@ def test_the_report_is_a_function_of_its_output_and_seed(tmp_path, tiny_wordvec_
         assert result.returncode == 0, result.stderr[-2000:]
         pages.append((tmp_path / name).read_bytes())
     assert pages[0] == pages[1] and len(pages[0]) > 1000
+
+
+def _module_that_fails_on(marker: str, out) -> str:
+    """A real SavedModel whose serving function raises for any batch holding a text with marker in it."""
+    from hubbeam import tfenv
+
+    tf = tfenv.tensorflow()
+
+    class FailsOnMarker(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            bad = tf.strings.regex_full_match(texts, f".*{marker}.*")
+            with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [texts])]):
+                lengths = tf.cast(tf.strings.length(texts), tf.float32)
+            return tf.stack([lengths, tf.ones_like(lengths)], axis=1)
+
+    module = FailsOnMarker()
+    tf.saved_model.save(module, str(out), signatures={"default": module.__call__})
+    return str(out)
+
+
+def test_embedding_failures_are_bisected_to_exactly_the_bad_rows(tmp_path):
+    module = _module_that_fails_on("BOOM", tmp_path / "fails-on-boom")
+    texts = [f"row {i}" + (" BOOM" if i in (3, 9, 10) else "") for i in range(16)]
+    (tmp_path / "in.txt").write_text("".join(t + "\n" for t in texts))
+    result = hubbeam_cli("embed", "--input", tmp_path / "in.txt", "--output", tmp_path / "out", "--module", module,
+                         "--batch-size", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["rejected_by_reason"] == {"embedding_failed": 3}
+    rejected = pq.read_table(tmp_path / "out" / manifest["outputs"]["rejected"][0]["file"]).to_pylist()
+    assert sorted(r["id"] for r in rejected) == sorted(f"{tmp_path / 'in.txt'}:{i + 1}" for i in (3, 9, 10))
+    assert all("BOOM" in r["error"] or "assert" in r["error"].lower() for r in rejected), rejected
+    ids, vectors = read_embeddings(str(tmp_path / "out"))
+    assert len(ids) == 13  # every other row of the failing batches was embedded, each with its own length
+    lengths = {f"{tmp_path / 'in.txt'}:{i + 1}": len(t) for i, t in enumerate(texts)}
+    assert all(vectors[n, 0] == lengths[row_id] for n, row_id in enumerate(ids))
+
+
+def test_a_row_with_more_fields_than_the_header_is_an_invalid_csv_dead_letter(tmp_path, tiny_wordvec_module):
+    (tmp_path / "in.csv").write_text('id,text\na,the cat\nb,the mat,extra\nc,sat\n')
+    result = hubbeam_cli("embed", "--input", tmp_path / "in.csv", "--output", tmp_path / "out", "--module",
+                         tiny_wordvec_module)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["rows_embedded"] == 2 and manifest["rejected_by_reason"] == {"invalid_csv": 1}, manifest
+    rejected = pq.read_table(tmp_path / "out" / manifest["outputs"]["rejected"][0]["file"]).to_pylist()
+    assert [(r["id"], r["error"]) for r in rejected] == [(f"{tmp_path / 'in.csv'}:3", "more fields than header columns")]
+    assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"]
