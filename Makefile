@@ -5,7 +5,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hubbeam-installed
 MODULES_DIR ?= build/modules
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: venv demo airflow test test-long modules golden bench clean help
 

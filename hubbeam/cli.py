@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from hubbeam import __version__
@@ -438,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         args.beam_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow's native logs too (hubbeam.tfenv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hubbeam: %(message)s", stream=sys.stderr)
     logging.getLogger("hubbeam.progress").setLevel(logging.INFO)  # rows done and rows/s, every 10 s

@@ -156,3 +156,14 @@ def test_the_child_that_refuses_tensorflow_does_refuse_it(tiny_wordvec_module):
     result = hubbeam_cli_without_tensorflow("encode", "--module", tiny_wordvec_module, "the cat")
     assert result.returncode != 0 and "TENSORFLOW WAS IMPORTED" in result.stderr, result.stderr[-2000:]
     assert hubbeam_cli_without_tensorflow("--help").returncode == 0
+
+
+def test_commands_that_load_tensorflow_write_nothing_of_its_native_logs(tiny_wordvec_module):
+    """A command's output is its own: TensorFlow's native start-up lines ("failed call to cuInit", oneDNN notices)
+    are silenced unless TF_CPP_MIN_LOG_LEVEL is set or --verbose asks for them."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for args in (["inspect", tiny_wordvec_module], ["encode", "--module", tiny_wordvec_module, "the cat"]):
+        result = hubbeam(*args, env=env)
+        assert result.returncode == 0 and result.stdout and result.stderr == "", (args, result.stderr[-2000:])
+    verbose = hubbeam("--verbose", "encode", "--module", tiny_wordvec_module, "the cat", env=env)
+    assert verbose.returncode == 0 and verbose.stderr.strip(), "--verbose keeps TensorFlow's native logs"
