@@ -501,4 +501,5 @@ def test_decompression_bomb_is_refused_without_using_memory(tmp_path, image_corp
     reason, grown, seconds = result.stdout.split()
     assert reason == R.TOO_LARGE
     assert int(grown) < 16 * 2**20, f"refusing the bomb grew the peak RSS by {int(grown) / 2**20:.0f} MiB"
-    assert float(seconds) < 1.0
+    # Refused from the header in milliseconds; decoding it would take tens of seconds. Generous, for busy machines.
+    assert float(seconds) < 10.0, seconds
