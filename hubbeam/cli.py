@@ -93,10 +93,12 @@ def _cmd_encode(args) -> int:
         if embedder.input_kind != "image":
             raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not images")
         from hubbeam.images import decode_image
+        from hubbeam.pipeline.options import parse_image_size
 
-        size = embedder.image_size
+        size = parse_image_size(args.image_size) if args.image_size else embedder.image_size
         if size is None:
-            raise HubbeamError(f"{embedder.handle} declares no image size; cannot resize images for it")
+            raise HubbeamError(f"{embedder.handle} takes images of any size and its metadata declares none: give "
+                               "--image-size HEIGHT,WIDTH")
         labels = list(args.image)
         batch = []
         for path in labels:
@@ -107,7 +109,7 @@ def _cmd_encode(args) -> int:
                 raise HubbeamError(f"cannot read {path}: {exc.strerror}") from exc
             except HubbeamError as exc:
                 raise HubbeamError(f"{path}: {exc}") from exc
-        inputs = np.stack(batch)
+        inputs = embedder.image_batch(batch)
     else:
         if not args.text:
             raise HubbeamError("give some text to encode, or --image FILE …")
@@ -412,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signature", help="signature to call (default: 'default')")
     p.add_argument("--output-key", help="named output to return (default: 'default')")
     p.add_argument("--image", nargs="+", metavar="FILE", help="image files instead of text")
+    p.add_argument("--image-size", metavar="H,W", help="resize images to H,W (modules of any size; default: "
+                                                       "the module's size)")
     p.add_argument("--json", action="store_true", help="print the embeddings as JSON")
     p.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     p.add_argument("text", nargs="*", help="sentences to embed")

@@ -86,3 +86,20 @@ def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError("undecodable_image", f"cannot decode image: {exc}") from exc
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def model_pixels(images, dtype: str = "float32", value_range=None) -> np.ndarray:
+    """decode_image's arrays (float32 in [0, 1]) -> the batch a module takes: [N, H, W, 3] of its input dtype.
+
+    The one place pixels become what a module expects, so the job, `hubbeam encode --image` and `hubbeam search
+    --image` feed a module alike. uint8 inputs get 0-255 (the convention of modules that take raw pixels);
+    float inputs get [0, 1], TF Hub's image convention, unless the module's metadata declares another
+    value_range (e.g. [-1, 1]), which [0, 1] is stretched onto linearly.
+    """
+    batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+    if dtype == "uint8":
+        return np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
+    if value_range is not None and tuple(value_range) != (0.0, 1.0):
+        low, high = (float(v) for v in value_range)
+        batch = batch * (high - low) + low
+    return batch.astype(np.float32, copy=False)  # other float dtypes: the loader casts to the input spec's

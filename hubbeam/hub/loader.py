@@ -102,7 +102,7 @@ class Embedder:
     # What it takes and gives ------------------------------------------------------------------
     @property
     def input_kind(self) -> str:
-        """'text' (strings), 'image' (float [N, H, W, 3]) or 'tensors' (anything else: pass a dict)."""
+        """'text' (strings), 'image' (float or uint8 [N, H, W, 3]) or 'tensors' (anything else: pass a dict)."""
         from hubbeam.hub.input_kinds import TENSORS, kind_of
 
         if len(self.input_specs) == 1:
@@ -114,11 +114,36 @@ class Embedder:
         """(height, width) the module wants images resized to, from its signature or its metadata."""
         if self.input_kind != "image":
             return None
-        shape = next(iter(self.input_specs.values())).shape
-        if shape[1] is not None and shape[2] is not None:
+        if self.fixed_image_size:
+            shape = next(iter(self.input_specs.values())).shape
             return int(shape[1]), int(shape[2])
         size = (self.metadata.get("input") or {}).get("image_size")
         return tuple(size) if size else None
+
+    @property
+    def fixed_image_size(self) -> bool:
+        """True when the signature itself fixes height and width (no other size can be fed)."""
+        if self.input_kind != "image":
+            return False
+        shape = next(iter(self.input_specs.values())).shape
+        return shape[1] is not None and shape[2] is not None
+
+    @property
+    def image_dtype(self) -> str | None:
+        """An image input's dtype ('uint8' takes 0-255 pixels, floats a value range): see images.model_pixels."""
+        return next(iter(self.input_specs.values())).dtype.name if self.input_kind == "image" else None
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        """The pixel range a float image input declares in the module's metadata (None: TF Hub's [0, 1])."""
+        found = (self.metadata.get("input") or {}).get("value_range")
+        return (float(found[0]), float(found[1])) if self.input_kind == "image" and found else None
+
+    def image_batch(self, images) -> np.ndarray:
+        """decode_image's arrays -> this module's pixels (dtype and range), as the job feeds them."""
+        from hubbeam.images import model_pixels
+
+        return model_pixels(images, self.image_dtype, self.value_range)
 
     @property
     def dim(self) -> int | None:

@@ -46,8 +46,9 @@ def query_embedder(output: EmbeddingsOutput, module, allow_unsafe_ops: bool = Fa
                     used["output_key"])
 
 
-def embed_query(embedder, query: str | None = None, image: str | None = None) -> np.ndarray:
-    """float32 [1, D] for one text or one image file."""
+def embed_query(embedder, query: str | None = None, image: str | None = None, image_size=None) -> np.ndarray:
+    """float32 [1, D] for one text or one image file. image_size: what the run resized its images to (its
+    manifest's, which may be --image-size's), so the query is resized as the corpus was; else the module's."""
     if (query is None) == (image is None):
         raise HubbeamError("give either a text query or an image (--image PATH), not both or neither")
     if image is not None:
@@ -61,7 +62,10 @@ def embed_query(embedder, query: str | None = None, image: str | None = None) ->
         except HubbeamError as exc:
             raise HubbeamError(f"cannot read image {image}: {exc}") from exc
         try:
-            batch = decode_image(data, embedder.image_size)[None]
+            size = tuple(image_size or embedder.image_size or ())
+            if not size:
+                raise HubbeamError(f"{embedder.handle} takes images of any size and declares none")
+            batch = embedder.image_batch([decode_image(data, size)])
         except HubbeamError as exc:
             raise HubbeamError(f"{image}: {exc}") from exc
     else:
@@ -88,7 +92,8 @@ def search(embeddings_dir, module, query: str | None = None, image: str | None =
         raise HubbeamError("k must be at least 1")
     output = EmbeddingsOutput(str(embeddings_dir))
     embedder = query_embedder(output, module, allow_unsafe_ops)
-    [hits] = nearest(output, embed_query(embedder, query=query, image=image), k)
+    [hits] = nearest(output, embed_query(embedder, query=query, image=image,
+                                         image_size=output.module.get("image_size")), k)
     values = {}
     if output.kind == "text":
         values = RowLookup(output, id_column, text_column, image_column).values(hits)

@@ -2,9 +2,9 @@
 
 Reading (which column holds the value, how a value becomes a row or a dead letter), the output schema
 (extra fields), batching (text by length within a budget; images in fixed batches) and the model's batch
-(a list of str; a stacked float array) all ask the kind, so a new kind — tensors fed from named columns,
-say — is a new class here, not a branch in the reader, the embedding step and the schema. Which kind a
-module takes is guessed once, in hubbeam.hub.input_kinds.
+(a list of str; stacked pixels in the module's dtype and range) all ask the kind, so a new kind — tensors
+fed from named columns, say — is a new class here, not a branch in the reader, the embedding step and the
+schema. Which kind a module takes is guessed once, in hubbeam.hub.input_kinds.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ class InputKind:
         """How much of a batch is padding (the `padded_chars` metric)."""
         return 0
 
-    def model_batch(self, values: list):
+    def model_batch(self, values: list, description):
+        """values -> what the model is called with; description (a ModelDescription) says how it takes them."""
         return values
 
 
@@ -72,7 +73,7 @@ class Text(InputKind):
     def padding(self, values) -> int:
         return len(values) * max(map(len, values)) - sum(map(len, values))
 
-    def model_batch(self, values):
+    def model_batch(self, values, description):
         return list(values)
 
 
@@ -86,10 +87,11 @@ class Image(InputKind):
     def row(self, reader, row_id, path, value, extras):
         return reader.image_row(row_id, path, value, extras)
 
-    def model_batch(self, values):
-        import numpy as np
+    def model_batch(self, values, description):
+        """Decoded [0, 1] pixels -> the module's: uint8 0-255, or floats in its declared range."""
+        from hubbeam.images import model_pixels
 
-        return np.stack(values)
+        return model_pixels(values, description.image_dtype or "float32", description.value_range)
 
 
 INPUT_KINDS: dict[str, InputKind] = {kind.name: kind for kind in (Text(), Image())}

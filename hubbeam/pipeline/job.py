@@ -108,7 +108,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
     transform = EMBED[described.input_kind](
         model.pinned(described.sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
-        image_size=described.image_size, reshuffle=spreads_work(pipeline.options))
+        image_size=job_image_size(job, described), reshuffle=spreads_work(pipeline.options))
 
     read = (pipeline
             | "Match" >> fileio.MatchFiles(job.input)
@@ -173,6 +173,7 @@ def _write_outputs(embeddings, rejected, staging: str, schema, job: EmbedJob):
 def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
     from hubbeam.pipeline.output import ManifestBase
 
+    image_size = job_image_size(job, described)  # what the run resized to, whichever gave it
     base: ManifestBase = {
         "hubbeam_version": __version__,
         "run_id": run_id,
@@ -181,12 +182,31 @@ def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
         "input": job.input,
         "module": {"handle": described.handle, "sha256": described.sha256, "signature": described.signature,
                    "output_key": described.output_key, "dim": described.dim, "input_kind": described.input_kind,
-                   "image_size": list(described.image_size) if described.image_size else None,
+                   "image_size": list(image_size) if image_size else None,
                    "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(described)},
         "dtype": _dtype(job),
         "batch_size": job.batch_size,
     }
     return base
+
+
+def job_image_size(job: EmbedJob, described) -> tuple[int, int] | None:
+    """(height, width) the job resizes images to: a module's fixed size, else --image-size, else the size its
+    metadata declares. None for text modules. A user error when there is none, or when --image-size asks a
+    fixed-size module for another size (it could not take it)."""
+    if described.input_kind != "image":
+        return None
+    asked = job.image_hw
+    if described.image_size_fixed:
+        if asked is not None and asked != described.image_size:
+            raise HubbeamError(f"--image-size {asked[0]},{asked[1]}: {described.handle} takes images of exactly "
+                               f"{described.image_size[0]},{described.image_size[1]}")
+        return described.image_size
+    size = asked or described.image_size
+    if size is None:
+        raise HubbeamError(f"{described.handle} takes images of any size and its metadata declares none: give "
+                           "--image-size HEIGHT,WIDTH (e.g. --image-size 224,224)")
+    return tuple(size)
 
 
 def _unsafe_ops(described) -> dict[str, list[str]]:
@@ -228,8 +248,7 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     if kind not in INPUT_KINDS:
         raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes several inputs "
                            f"({', '.join(described.input_names)}); hubbeam embed needs one text or image input")
-    if kind == "image" and described.image_size is None:
-        raise HubbeamError(f"{described.handle} declares no image size; cannot resize images for it")
+    job_image_size(job, described)  # a dynamic-size module without --image-size fails here, before any work
     spec = InputSpec(kind=kind, format=job.input_format)
     usable = [f for f in files if file_format_error(spec, spec.format_of(f)) is None]
     if not usable:

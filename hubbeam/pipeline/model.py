@@ -32,6 +32,9 @@ class ModelDescription:
     dim: int
     input_kind: str  # "text", "image", or "tensors" (several inputs: not embeddable by the job)
     image_size: tuple[int, int] | None = None
+    image_size_fixed: bool = False  # the signature fixes it (else it is the metadata's, or none)
+    image_dtype: str | None = None  # "uint8" (0-255 pixels) or a float dtype: how pixels reach the model
+    value_range: tuple[float, float] | None = None  # float image inputs: the metadata's range (None: [0, 1])
     path: str | None = None  # the resolved local folder, for the audit's provenance
     input_names: tuple[str, ...] = ()
 
@@ -52,7 +55,7 @@ class EmbeddingModel(abc.ABC):
 
     @abc.abstractmethod
     def embed(self, inputs) -> np.ndarray:
-        """A batch (list of str, or a float array [N, H, W, 3]) -> float32 [N, dim]."""
+        """A batch (list of str, or an image array [N, H, W, 3] in the model's dtype) -> float32 [N, dim]."""
 
     def take_load(self) -> int:
         """1 the first time it is asked (that bundle reports this load), then 0."""
@@ -118,7 +121,8 @@ class HubModule(EmbeddingModel):
         e = self.embedder
         self.description = ModelDescription(
             handle=e.handle, sha256=e.module_sha256, signature=e.signature, output_key=e.output_key, dim=e.dim,
-            input_kind=e.input_kind, image_size=tuple(e.image_size) if e.image_size else None, path=e.path,
+            input_kind=e.input_kind, image_size=tuple(e.image_size) if e.image_size else None,
+            image_size_fixed=e.fixed_image_size, image_dtype=e.image_dtype, value_range=e.value_range, path=e.path,
             input_names=tuple(sorted(e.input_specs)))
         log.info("loaded %s in %.1fs", e.handle, self.load_seconds)  # spec.handle may hold credentials
 

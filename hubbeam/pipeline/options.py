@@ -47,6 +47,10 @@ class EmbedJob:
     chunk_rows: int = _option(CHUNK_ROWS, help=f"rows sorted by length together before batching (default: {CHUNK_ROWS})")
     max_text_chars: int = _option(MAX_TEXT_CHARS, help="longer texts are truncated and flagged truncated=true "
                                                        f"(default: {MAX_TEXT_CHARS})")
+    image_size: str | None = _option(None, metavar="H,W",
+                                     help="resize images to H,W pixels: needed by modules of dynamic size "
+                                          "([None, None, None, 3]) whose metadata declares none; a module's "
+                                          "fixed size cannot be changed")
     float16: bool = _option(False, help="store embeddings as float16")
     num_shards: int = _option(0, help="output shards (default: runner decides)")
     parquet_codec: str = _option("snappy", help="Parquet compression (default: snappy)")
@@ -58,7 +62,28 @@ class EmbedJob:
                 raise HubbeamError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
         if self.num_shards < 0:
             raise HubbeamError(f"--num-shards must be 0 (the runner decides) or positive (got {self.num_shards})")
+        if self.image_size is not None:
+            parse_image_size(self.image_size)
         self.output = self.output.rstrip("/") or "/"
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """--image-size as (height, width), or None."""
+        return parse_image_size(self.image_size) if self.image_size is not None else None
+
+
+def parse_image_size(text) -> tuple[int, int]:
+    """"H,W" (or "HxW", or a single N for N,N; a list or tuple from Python callers) -> (height, width)."""
+    parts = list(text) if isinstance(text, (list, tuple)) else str(text).lower().replace("x", ",").split(",")
+    try:
+        size = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1 or max(size) > 8192:
+        raise HubbeamError(f"--image-size must be HEIGHT,WIDTH in pixels, e.g. 224,224 (got {text!r})")
+    return size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -196,7 +196,7 @@ class EmbedChunks(beam.DoFn):
         from hubbeam.pipeline.output import embeddings_table
 
         self.padding.inc(self.input.padding(inputs))
-        inputs = self.input.model_batch(inputs)
+        inputs = self.input.model_batch(inputs, self.model.description)
 
         def failed(i, exc):
             message = " ".join(str(exc).split())[:500] or type(exc).__name__
