@@ -421,7 +421,8 @@ def _open_module(resolved, kind: str, allow_unsafe_ops: bool) -> _Base:
     _hub(), _tf_keras()  # tensorflow_text's ops must be registered before a module with in-graph tokenising loads
     obj, spec, output_key = _load_trainable(resolved, allow_unsafe_ops)
     module_kind = kinds.kind_of(spec)
-    if module_kind == kinds.TENSORS:
+    # uint8 image modules take raw 0-255 pixels; fine-tuning feeds decoded [0, 1] floats, so they stay refused.
+    if module_kind == kinds.TENSORS or (module_kind == kinds.IMAGE and not spec.dtype.is_floating):
         raise HubbeamError(f"{resolved.handle} takes {spec.dtype.name} {spec.shape}; fine-tuning supports text "
                            "(string vector) and image (float [N, H, W, 3]) modules")
     if module_kind != kind:
