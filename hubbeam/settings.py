@@ -45,9 +45,15 @@ _SECONDS = "{name}={value!r} is not a number of seconds"
 
 def _local_folder(text: str) -> str:
     """tensorflow_hub's cache may be a gs:// folder; hubbeam's locks and atomic renames need a local one."""
-    if "://" in text:
+    from hubbeam import storage
+
+    try:
+        where = storage.location(text)
+    except HubbeamError:
+        raise ValueError(text) from None
+    if not where.is_local:
         raise ValueError(text)
-    return text
+    return str(where.local_path)
 
 
 def _base_url(text: str) -> str:
