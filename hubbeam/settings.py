@@ -42,9 +42,46 @@ def _in_cwd(path: str) -> Callable[[], str]:
 
 _SECONDS = "{name}={value!r} is not a number of seconds"
 
+
+def _local_folder(text: str) -> str:
+    """tensorflow_hub's cache may be a gs:// folder; hubbeam's locks and atomic renames need a local one."""
+    from hubbeam import storage
+
+    try:
+        where = storage.location(text)
+    except HubbeamError:
+        raise ValueError(text) from None
+    if not where.is_local:
+        raise ValueError(text)
+    return str(where.local_path)
+
+
+def _base_url(text: str) -> str:
+    """A mirror's base URL: http(s)://host[:port][/prefix], without a trailing slash, query or fragment."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(text)
+    return text.strip().rstrip("/")
+
+
+_BASE_URL = "{name}={value!r} is not a base URL (http(s)://host[:port][/prefix])"
+
 # --- the module cache and what it accepts (hubbeam.hub) ------------------------------------------------------------
+TFHUB_CACHE_DIR = Setting("TFHUB_CACHE_DIR", "tensorflow_hub's cache folder: hubbeam's cache root when "
+                          "HUBBEAM_CACHE_DIR is unset (its own modules/ folder there, beside tensorflow_hub's)",
+                          parse=_local_folder, complaint="{name}={value!r} is not a local folder: hubbeam's "
+                          "cache must be local (set HUBBEAM_CACHE_DIR)")
 CACHE_DIR = Setting("HUBBEAM_CACHE_DIR", "the module cache (one folder per handle under modules/)",
-                    default=lambda: os.path.join(os.path.expanduser("~"), ".cache", "hubbeam"))
+                    default=lambda: TFHUB_CACHE_DIR.get() or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                          "hubbeam"))
+TFHUB_URL = Setting("HUBBEAM_TFHUB_URL", "where https://tfhub.dev/… handles are downloaded from (a mirror, a "
+                    "test server); the handle, its cache folder and provenance stay tfhub.dev's",
+                    default="https://tfhub.dev", parse=_base_url, complaint=_BASE_URL)
+KAGGLE_URL = Setting("HUBBEAM_KAGGLE_URL", "where https://www.kaggle.com/models/… handles are downloaded from; "
+                     "the handle, its cache folder and provenance stay Kaggle's",
+                     default="https://www.kaggle.com", parse=_base_url, complaint=_BASE_URL)
 LOCK_TIMEOUT = Setting("HUBBEAM_LOCK_TIMEOUT", "seconds to wait for a live process fetching the same handle",
                        default="3600", parse=float, blank_is_unset=False)
 MAX_EXTRACT_BYTES = Setting("HUBBEAM_MAX_EXTRACT_BYTES", "largest module download or extracted archive, bytes",

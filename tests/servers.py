@@ -122,6 +122,7 @@ class Route:
     hold_first: threading.Event | None = None  # slow: the first GET pauses after its first chunk until set
     started: threading.Event = field(default_factory=threading.Event)  # set once body bytes went out
     location: str = ""  # redirect: where to
+    headers: dict[str, str] = field(default_factory=dict)  # sent too (replacing a default of the same name)
 
 
 class HubHTTPServer(http.server.ThreadingHTTPServer):
@@ -180,10 +181,8 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             elif route.mode == "status":
                 self._send_status(route.status, b"error\n")
             elif route.mode == "redirect":
-                self.send_response(302)
-                self.send_header("Location", route.location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_response(route.status if 300 <= route.status < 400 else 302)
+                self._send_headers({"Location": route.location, "Content-Length": "0"}, route)
             elif route.mode == "truncated":
                 self.send_response(200)
                 self.send_header("Content-Type", "application/gzip")
@@ -196,9 +195,8 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             else:
                 self.send_response(200)
-                self.send_header("Content-Type", "application/gzip")
-                self.send_header("Content-Length", str(len(route.body)))
-                self.end_headers()
+                self._send_headers({"Content-Type": "application/gzip", "Content-Length": str(len(route.body))},
+                                   route)
                 if route.mode == "stall":
                     self.wfile.write(route.body[: len(route.body) // 2])
                     self.wfile.flush()
@@ -219,6 +217,11 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
                     route.started.set()
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True  # the client went away (killed, or gave up): nothing to do
+
+    def _send_headers(self, defaults: dict[str, str], route: Route):
+        for name, value in {**defaults, **route.headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
 
     def _send_status(self, status: int, body: bytes):
         self.send_response(status)

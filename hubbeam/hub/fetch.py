@@ -56,8 +56,9 @@ def _copy_hashing(read, dest: Path, handle: Handle, expected_size: int | None = 
     return digest.hexdigest()
 
 
-def download_http(handle: Handle, dest: Path) -> str:
-    """Download the handle's URL to dest; return the sha256 of the bytes as sent."""
+def download_http(handle: Handle, dest: Path, url: str | None = None) -> str:
+    """Download the handle's URL (or url, where the handle's kind downloads it from another place than its
+    location, e.g. a tfhub.dev handle's mirror) to dest; return the sha256 of the bytes as sent."""
     import requests
     import urllib3
 
@@ -66,7 +67,7 @@ def download_http(handle: Handle, dest: Path) -> str:
         if attempt:
             _backoff(attempt - 1)
         try:
-            with _get_following_allowed_redirects(handle) as response:
+            with _get_following_allowed_redirects(handle, url) as response:
                 if response.status_code in _RETRY_STATUS:
                     last_error = f"HTTP {response.status_code} {response.reason}"
                     continue
@@ -96,12 +97,17 @@ def download_http(handle: Handle, dest: Path) -> str:
 MAX_REDIRECTS = 10
 
 
-def _get_following_allowed_redirects(handle: Handle):
+def _get_following_allowed_redirects(handle: Handle, url: str | None = None):
     """GET the handle's URL, following redirects one hop at a time so that each target is checked against the
-    allowed sources before it is requested (requests' own following would fetch it first)."""
+    allowed sources before it is requested (requests' own following would fetch it first).
+
+    The resolver checked the handle's location; a download URL other than it (a mirror) is checked here too."""
     import requests
 
-    url = handle.location
+    if url is None or url == handle.location:
+        url = handle.location
+    else:
+        check_allowed(url, what=f"download of {handle.display} from")
     for _ in range(MAX_REDIRECTS + 1):
         response = requests.get(url, stream=True, timeout=storage.timeouts(), allow_redirects=False)
         if not response.is_redirect:

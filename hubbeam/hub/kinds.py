@@ -7,10 +7,12 @@ install) the same way for every kind. tensorflow_hub's resolver registry is buil
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubbeam import settings
 from hubbeam.errors import HandleError, ModuleFormatError
 from hubbeam.hub import archive, fetch
 from hubbeam.hub.digest import file_sha256
@@ -19,7 +21,8 @@ from hubbeam.storage import redact
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 SUPPORTED_FORMS = (
-    "a local folder, file://PATH, a local .tar.gz, https://HOST/…/NAME.tar.gz, "
+    "a local folder, file://PATH, a local .tar.gz, https://tfhub.dev/PUBLISHER/MODEL/VERSION, "
+    "https://www.kaggle.com/models/PUBLISHER/MODEL/FRAMEWORK/VARIATION/VERSION, https://HOST/…/NAME.tar.gz, "
     "https://HOST/…/NAME?tf-hub-format=compressed, gs://BUCKET/PATH[.tar.gz] or s3://BUCKET/PATH[.tar.gz]"
 )
 
@@ -122,6 +125,88 @@ class HttpTarball(_Tarball):
         return target, fetch.download_http(handle, target)
 
 
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_COMPRESSED = "tf-hub-format=compressed"
+
+
+class _PublicHost(_Tarball):
+    """A public model host's handle, fetched the way tensorflow_hub 0.16 fetches it: `?tf-hub-format=compressed`
+    appended, redirects followed (hop by hop, each checked against the allow-list) to the archive.
+
+    The location (so the cache folder, the allow-list check and provenance) is the handle in canonical form,
+    never where the redirects lead: those differ from one download to the next (tfhub.dev now redirects to
+    Kaggle, Kaggle to signed storage URLs). The download starts at the host's base URL from a setting, so a
+    mirror or a test server can stand in for the host without changing the handle or its cache folder.
+    """
+
+    hosts: tuple[str, ...] = ()
+    canonical_host = ""
+    base_url: settings.Setting
+    form = ""
+
+    def is_supported(self, base: str) -> bool:
+        parts = urllib.parse.urlsplit(base)
+        return parts.scheme.lower() in ("http", "https") and (parts.hostname or "").lower() in self.hosts
+
+    def location(self, base: str) -> str:
+        parts = urllib.parse.urlsplit(base)
+        if parts.username or parts.password or parts.port or parts.query not in ("", _COMPRESSED):
+            raise self._malformed(base)
+        segments = parts.path.strip("/").split("/")
+        if not all(_SEGMENT.match(s) for s in segments):
+            raise self._malformed(base)
+        return f"https://{self.canonical_host}/{'/'.join(self.canonical_path(segments, base))}"
+
+    def canonical_path(self, segments: list[str], base: str) -> list[str]:
+        raise NotImplementedError
+
+    def _malformed(self, base: str) -> HandleError:
+        return HandleError(f"malformed {self.canonical_host} handle {redact(base)!r}: expected {self.form}")
+
+    def download(self, handle: Handle, scratch: Path) -> tuple[Path, str]:
+        path = urllib.parse.urlsplit(handle.location).path
+        target = scratch / "download.tar.gz"
+        return target, fetch.download_http(handle, target, url=f"{self.base_url.get()}{path}?{_COMPRESSED}")
+
+
+class TfhubDev(_PublicHost):
+    """https://tfhub.dev/PUBLISHER/MODEL…/VERSION (the model name may have several segments)."""
+
+    hosts = ("tfhub.dev",)
+    canonical_host = "tfhub.dev"
+    base_url = settings.TFHUB_URL
+    form = "https://tfhub.dev/PUBLISHER/MODEL/VERSION"
+
+    def canonical_path(self, segments: list[str], base: str) -> list[str]:
+        if len(segments) < 3 or not segments[-1].isdigit():
+            raise self._malformed(base)
+        return segments
+
+
+class KaggleModel(_PublicHost):
+    """https://www.kaggle.com/models/PUBLISHER/MODEL/FRAMEWORK/VARIATION/VERSION, or the long form Kaggle
+    redirects to (…/MODEL/frameworks/FRAMEWORK/variations/VARIATION/versions/VERSION): both are one handle.
+
+    Only TensorFlow 1 and 2 models are SavedModels hubbeam can load; the framework's case is Kaggle's."""
+
+    hosts = ("www.kaggle.com", "kaggle.com")
+    canonical_host = "www.kaggle.com"
+    base_url = settings.KAGGLE_URL
+    form = "https://www.kaggle.com/models/PUBLISHER/MODEL/FRAMEWORK/VARIATION/VERSION"
+    FRAMEWORKS = {"tensorflow2": "TensorFlow2", "tensorflow1": "TensorFlow1"}
+
+    def canonical_path(self, segments: list[str], base: str) -> list[str]:
+        if len(segments) == 9 and [s.lower() for s in segments[3:9:2]] == ["frameworks", "variations", "versions"]:
+            segments = segments[:3] + segments[4:9:2]
+        if len(segments) != 6 or segments[0] != "models" or not segments[5].isdigit():
+            raise self._malformed(base)
+        framework = self.FRAMEWORKS.get(segments[3].lower())
+        if framework is None:
+            raise HandleError(f"{redact(base)!r} is a {segments[3]} model: hubbeam loads TensorFlow1 or "
+                              "TensorFlow2 SavedModels")
+        return segments[:3] + [framework] + segments[4:]
+
+
 class _ObjectStore(HandleKind):
     archive = False
 
@@ -154,7 +239,7 @@ class ObjectStoreFolder(_ObjectStore):
 
 
 KINDS: tuple[HandleKind, ...] = (
-    LocalFolder(), LocalTarball(), HttpTarball(), ObjectStoreTarball(), ObjectStoreFolder(),
+    LocalFolder(), LocalTarball(), TfhubDev(), KaggleModel(), HttpTarball(), ObjectStoreTarball(), ObjectStoreFolder(),
 )
 
 
