@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     handle_help = ("module handle: a folder, file://…, a .tar.gz, https://…/x.tar.gz, "
-                   "https://…?tf-hub-format=compressed, gs://… or s3://…; append #sha256=HEX to pin it")
+                   "https://…?tf-hub-format=compressed, https://tfhub.dev/PUBLISHER/MODEL/VERSION, "
+                   "https://www.kaggle.com/models/…, gs://… or s3://…; append #sha256=HEX to pin it")
 
     p = sub.add_parser("resolve", help="fetch a module into the verified cache and print its local folder",
                        description="Fetch a module into the verified cache (if remote) and print its local folder.")
