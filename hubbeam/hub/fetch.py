@@ -27,8 +27,34 @@ HTTP_ATTEMPTS = storage.ATTEMPTS
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
-def _backoff(attempt: int) -> None:
+RETRY_AFTER_MAX = 30.0  # seconds: a longer Retry-After is not waited out (the attempt budget would not cover it)
+
+
+def _backoff(attempt: int, retry_after: float | None = None) -> None:
+    """Sleep before the next attempt: what the server's Retry-After asked for (up to RETRY_AFTER_MAX), else
+    an exponential back-off with jitter."""
+    if retry_after is not None:
+        time.sleep(min(retry_after, RETRY_AFTER_MAX))
+        return
     time.sleep(min(0.5 * 2**attempt, 8) * (0.5 + random.random() / 2))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header (delay-seconds or an HTTP date) asks for; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def download_object(handle: Handle, dest: Path) -> str:
@@ -63,13 +89,16 @@ def download_http(handle: Handle, dest: Path, url: str | None = None) -> str:
     import urllib3
 
     last_error = "no attempt made"
+    retry_after = None
     for attempt in range(HTTP_ATTEMPTS):
         if attempt:
-            _backoff(attempt - 1)
+            _backoff(attempt - 1, retry_after)
+        retry_after = None
         try:
             with _get_following_allowed_redirects(handle, url) as response:
                 if response.status_code in _RETRY_STATUS:
                     last_error = f"HTTP {response.status_code} {response.reason}"
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
                     continue
                 if response.status_code >= 400:
                     raise FetchError(f"HTTP {response.status_code} {response.reason} for {handle.display}")
@@ -79,6 +108,11 @@ def download_http(handle: Handle, dest: Path, url: str | None = None) -> str:
                 return _copy_hashing(raw_read, dest, handle, int(length) if length and length.isdigit() else None)
         except FetchError:
             raise
+        except requests.exceptions.SSLError as exc:
+            # Not transient: the same certificate fails the same way on every attempt.
+            reason = _root_cause(exc).split("certificate verify failed: ", 1)[-1].split(" (_ssl.c", 1)[0]
+            raise FetchError(f"could not download {handle.display}: its TLS certificate does not verify ({reason}); "
+                             f"if you trust its CA, name a PEM file of it in REQUESTS_CA_BUNDLE") from None
         except requests.exceptions.ConnectionError as exc:
             last_error = f"cannot connect ({_root_cause(exc)})"
         except requests.exceptions.Timeout:
