@@ -99,6 +99,10 @@ READ_TIMEOUT = Setting("HUBBEAM_READ_TIMEOUT", "read timeout of every storage an
 S3_ENDPOINT_URL = Setting("HUBBEAM_S3_ENDPOINT_URL", "an S3-compatible server (MinIO, moto), for hubbeam and "
                           "Beam's S3 filesystem; else botocore's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL",
                           blank_is_unset=False)
+AWS_ENDPOINT_URL_S3 = Setting("AWS_ENDPOINT_URL_S3", "botocore's own S3 endpoint variable (botocore reads it; "
+                              "hubbeam only makes a new S3 client when it changes)", blank_is_unset=False)
+AWS_ENDPOINT_URL = Setting("AWS_ENDPOINT_URL", "botocore's own endpoint variable for every AWS service (as "
+                           "AWS_ENDPOINT_URL_S3)", blank_is_unset=False)
 GCS_TOKEN = Setting("HUBBEAM_GCS_TOKEN", "the GCS token instead of Google default credentials (a service-account "
                     "JSON path or text, `anon`)", blank_is_unset=False)
 STORAGE_EMULATOR_HOST = Setting("STORAGE_EMULATOR_HOST", "a GCS emulator (Google's own variable): hubbeam, "

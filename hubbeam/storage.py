@@ -211,7 +211,9 @@ def filesystem(where: str | Location):
 
 def _settings(scheme: str) -> tuple:
     if scheme == "s3":
-        return settings.S3_ENDPOINT_URL.get(), *timeouts()
+        # botocore reads its own endpoint variables when the client is made: a change must make a new one.
+        return (settings.S3_ENDPOINT_URL.get(), settings.AWS_ENDPOINT_URL_S3.get(), settings.AWS_ENDPOINT_URL.get(),
+                *timeouts())
     if scheme == "gs":
         return settings.STORAGE_EMULATOR_HOST.get(), settings.GCS_TOKEN.get(), *timeouts()
     return ()

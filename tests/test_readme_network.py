@@ -192,9 +192,10 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
                             "Content-Length": str(len(reply.body))}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(reply.body)
+        if self.command != "HEAD":
+            self.wfile.write(reply.body)
 
-    do_GET = do_POST = _answer
+    do_GET = do_HEAD = do_POST = _answer
 
 
 @pytest.fixture
@@ -367,27 +368,23 @@ def test_connect_timeout_bounds_an_s3_endpoint_that_never_answers(unanswered_por
 # --- AWS_ENDPOINT_URL[_S3] -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
-def test_botocores_own_endpoint_variables_reach_moto(s3_bucket, hub_module, monkeypatch, variable):
+def test_botocores_own_endpoint_variables_reach_moto(s3_bucket, served, hub_module, monkeypatch, variable):
     endpoint = os.environ["HUBBEAM_S3_ENDPOINT_URL"]
     monkeypatch.delenv("HUBBEAM_S3_ENDPOINT_URL")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    # First nowhere that answers: a client made now must not be reused once the variable says moto.
-    monkeypatch.setenv(variable, f"http://127.0.0.1:{_closed_port()}")
-    with pytest.raises(FetchError):
+    # First a server that has nothing: the client made for it must not be reused once the variable says moto.
+    empty = served()
+    monkeypatch.setenv(variable, empty.url(""))
+    with pytest.raises(FetchError, match="not found"):
         hubbeam.resolve(f"s3://{s3_bucket}/wordvec.tar.gz")
+    assert empty.requests  # it was asked: the variable is honoured
     monkeypatch.setenv(variable, endpoint)
     path = hubbeam.resolve(f"s3://{s3_bucket}/wordvec.tar.gz#sha256={hub_module.archive_sha256}")
     assert (Path(path) / "saved_model.pb").is_file()
     from hubbeam import storage
 
     assert sorted(storage.find(f"s3://{s3_bucket}/wordvec")) == sorted(hub_module.files())
-
-
-def _closed_port() -> int:
-    from tests.servers import closed_port
-
-    return closed_port()
 
 
 # --- GCS tokens: HUBBEAM_GCS_TOKEN and a google_cloud_platform connection ------------------------------------------
