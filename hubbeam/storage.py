@@ -236,6 +236,10 @@ def _new_filesystem(scheme: str, credentials: Credentials | None):
         token = credentials.gcs_token or settings.GCS_TOKEN.get() or ("anon" if emulator else None)
         if token and token.lstrip().startswith("{"):
             token = json.loads(token)  # a key's JSON text: gcsfs takes the parsed key
+        elif token and ("/" in token or token.endswith(".json")) and not os.path.isfile(token):
+            # gcsfs would take it for an access token and ask Google's tokeninfo about it: say what it is.
+            raise HubbeamError(f"GCS token file {token} does not exist (HUBBEAM_GCS_TOKEN, or the Airflow "
+                               "connection's key_path)")
         kwargs = dict(skip_instance_cache=True, use_listings_cache=False, token=token, requests_timeout=read)
         if emulator:
             # gcsfs's default class first asks the gRPC Storage Control API for the bucket's layout; emulators
