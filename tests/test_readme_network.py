@@ -217,6 +217,7 @@ def served(request):
 
 def test_https_handle_from_a_server_whose_ca_is_trusted_through_requests_ca_bundle(pki, served, hub_module,
                                                                                   monkeypatch):
+    """A private CA is trusted the way README says (REQUESTS_CA_BUNDLE), over a real TLS handshake."""
     server = served(pki.cert, pki.key)
     server.scripts["/m/wordvec.tar.gz"] = [Reply(body=hub_module.tar_bytes)]
     url = server.url("/m/wordvec.tar.gz")
@@ -252,6 +253,7 @@ def test_https_certificate_that_does_not_verify_is_refused_at_once(pki, served, 
 # --- HTTP 429 -----------------------------------------------------------------------------------------------------
 
 def test_http_429_is_retried_and_retry_after_is_waited_out(served, hub_module):
+    """429 is transient (README): retried; the server's Retry-After is waited out, not hammered."""
     server = served()
     too_many = Reply(429, b"slow down\n", {"Retry-After": "2"})
     server.scripts["/m/wordvec.tar.gz"] = [too_many, too_many, Reply(body=hub_module.tar_bytes)]
@@ -264,6 +266,7 @@ def test_http_429_is_retried_and_retry_after_is_waited_out(served, hub_module):
 
 
 def test_http_429_that_persists_is_one_line_after_three_attempts(served):
+    """A host that keeps saying 429 ends in one line after README's 3 attempts, not an endless wait."""
     server = served()
     server.scripts["/m/busy.tar.gz"] = [Reply(429, b"slow down\n", {"Retry-After": "1"})]
     url = server.url("/m/busy.tar.gz")
@@ -341,6 +344,7 @@ def unanswered_port():
 
 
 def test_connect_timeout_bounds_an_http_host_that_never_answers(unanswered_port, monkeypatch):
+    """HUBBEAM_CONNECT_TIMEOUT, not the read timeout, bounds a connect that never completes."""
     monkeypatch.setenv("HUBBEAM_CONNECT_TIMEOUT", "1")
     monkeypatch.setenv("HUBBEAM_READ_TIMEOUT", "60")
     url = f"http://127.0.0.1:{unanswered_port}/m/wordvec.tar.gz"
@@ -355,6 +359,7 @@ def test_connect_timeout_bounds_an_http_host_that_never_answers(unanswered_port,
 
 
 def test_connect_timeout_bounds_an_s3_endpoint_that_never_answers(unanswered_port, s3_bucket, monkeypatch):
+    """README: the connect timeout is that of every storage client, botocore's too."""
     monkeypatch.setenv("HUBBEAM_CONNECT_TIMEOUT", "1")
     monkeypatch.setenv("HUBBEAM_S3_ENDPOINT_URL", f"http://127.0.0.1:{unanswered_port}")
     start = time.monotonic()
@@ -369,6 +374,8 @@ def test_connect_timeout_bounds_an_s3_endpoint_that_never_answers(unanswered_por
 
 @pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
 def test_botocores_own_endpoint_variables_reach_moto(s3_bucket, served, hub_module, monkeypatch, variable):
+    """README: botocore's own endpoint variables work without HUBBEAM_S3_ENDPOINT_URL, also when they change
+    in a process that already made an S3 client (settings are read at call time)."""
     endpoint = os.environ["HUBBEAM_S3_ENDPOINT_URL"]
     monkeypatch.delenv("HUBBEAM_S3_ENDPOINT_URL")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
@@ -424,6 +431,7 @@ def _asked_for_token(server) -> bool:
 @pytest.mark.parametrize("form", ["file", "json text"])
 def test_hubbeam_gcs_token_is_the_token_used_even_with_an_emulator(gcs_bucket, token_server, hub_module, tmp_path,
                                                                    monkeypatch, form):
+    """With an emulator the default is anonymous access; HUBBEAM_GCS_TOKEN must still win (README)."""
     key_file = tmp_path / "sa.json"
     key_file.write_text(json.dumps(token_server.key))
     monkeypatch.setenv("HUBBEAM_GCS_TOKEN", str(key_file) if form == "file" else json.dumps(token_server.key))
@@ -445,6 +453,7 @@ def test_hubbeam_gcs_token_naming_no_file_is_one_line_without_asking_google(gcs_
 
 def test_google_cloud_platform_airflow_connection_is_used_for_its_block_only(gcs_bucket, token_server, hub_module,
                                                                             monkeypatch):
+    """README: a connection's credentials reach the storage clients of its block only, never os.environ."""
     from hubbeam import storage
     from hubbeam.orchestration.airflow_support import storage_connection
 
