@@ -32,9 +32,10 @@ def pair(built_dir) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def sentences() -> list[str]:
-    """Golden sentences within 120 word pieces, short and long mixed (so batches pack to several lengths)."""
+    """Golden sentences within 120 word pieces, short and long mixed (so batches pack to several lengths); not
+    blank (the job rejects those as empty)."""
     golden = np.load(GOLDEN)
-    fitting = [str(s) for s, n in zip(golden["sentences"], golden["token_counts"]) if n <= 120]
+    fitting = [str(s) for s, n in zip(golden["sentences"], golden["token_counts"]) if n <= 120 and str(s).strip()]
     return fitting[:8] + fitting[8::5][:16]
 
 
@@ -74,3 +75,54 @@ def test_a_mismatched_pair_is_refused_naming_the_keys(pair, tiny_wordvec_module)
     assert "\n" not in message
     with pytest.raises(HubbeamError, match="seq_length is for a preprocessor"):
         hubbeam.load(str(encoder), seq_length=64)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sentences) -> Path:
+    """The sentences as JSONL, plus a row without text (a dead letter)."""
+    path = tmp_path_factory.mktemp("pair-corpus") / "part-0.jsonl"
+    rows = [{"id": f"s{i}", "text": s} for i, s in enumerate(sentences)] + [{"id": "no-text"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("beam_args", [[], ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]],
+                         ids=["FnApiRunner", "2-workers"])
+def test_embed_with_preprocessor(beam_args, pair, corpus, sentences, minilm_vectors, tmp_path):
+    import pyarrow.parquet as pq
+
+    from hubbeam.pipeline import read_embeddings, read_manifest
+    from tests.cli import hubbeam_cli
+
+    preprocessor, encoder = pair
+    out = tmp_path / "out"
+    result = hubbeam_cli("embed", "--input", corpus, "--output", out, "--preprocessor", preprocessor, "--module",
+                         encoder, "--output-key", "pooled_output", "--seq-length", "128", "--batch-size", "8",
+                         *beam_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "preprocessor" in result.stdout
+    manifest = read_manifest(str(out))
+    module = manifest["module"]
+    assert module["sha256"] == hubbeam.resolve_module(str(encoder)).sha256
+    assert module["preprocessor_sha256"] == hubbeam.resolve_module(str(preprocessor)).sha256
+    assert module["input_kind"] == "text" and module["seq_length"] == 128 and module["output_key"] == "pooled_output"
+    assert (manifest["rows_read"], manifest["rows_embedded"], manifest["rows_rejected"]) == (
+        len(sentences) + 1, len(sentences), 1)
+    shard = out / manifest["outputs"]["embeddings"][0]["file"]
+    metadata = pq.read_schema(shard).metadata
+    assert metadata[b"hubbeam.preprocessor_sha256"].decode() == module["preprocessor_sha256"]
+    assert metadata[b"hubbeam.module_sha256"].decode() == module["sha256"]
+    ids, matrix = read_embeddings(str(out))
+    order = [int(i[1:]) for i in ids]
+    assert cosine(matrix, np.asarray(minilm_vectors)[order]).min() >= 0.9999
+    if beam_args:
+        assert manifest["metrics"]["worker_processes"] == 2
+
+
+def test_embed_flags_are_checked(pair, corpus, tmp_path):
+    from tests.cli import hubbeam_cli
+
+    _, encoder = pair
+    result = hubbeam_cli("embed", "--input", corpus, "--output", tmp_path / "o", "--module", encoder,
+                         "--seq-length", "64")
+    assert result.returncode == 2 and "--seq-length is for a preprocessor" in result.stderr
