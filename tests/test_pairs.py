@@ -117,6 +117,29 @@ def test_embed_with_preprocessor(beam_args, pair, corpus, sentences, minilm_vect
     assert cosine(matrix, np.asarray(minilm_vectors)[order]).min() >= 0.9999
     if beam_args:
         assert manifest["metrics"]["worker_processes"] == 2
+        return
+    # search with the pair the run used; without its preprocessor, or with another, it is refused
+    last = len(sentences) - 1  # a long sentence, unlike the others (the first ones differ only in case)
+    hits = hubbeam.search(str(out), str(encoder), query=sentences[last], k=3, preprocessor=str(preprocessor))
+    assert hits[0]["id"] == f"s{last}" and hits[0]["score"] > 0.999
+    with pytest.raises(HubbeamError, match="give that preprocessor too"):
+        hubbeam.search(str(out), str(encoder), query="x")
+    loaded = hubbeam.load(str(encoder), output_key="pooled_output", preprocessor=str(preprocessor))
+    assert hubbeam.search(str(out), loaded, query=sentences[last], k=1)[0]["id"] == f"s{last}"
+    result = hubbeam_cli("search", "--embeddings", out, "--module", encoder, "--preprocessor", encoder, "x")
+    assert result.returncode == 2 and "preprocessor mismatch" in result.stderr
+
+
+def test_encode_with_preprocessor(pair, sentences, minilm_vectors):
+    from tests.cli import hubbeam_cli
+
+    preprocessor, encoder = pair
+    result = hubbeam_cli("encode", "--preprocessor", preprocessor, "--module", encoder, "--output-key",
+                         "pooled_output", "--json", *sentences[:3])
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = json.loads(result.stdout)
+    assert shown["preprocessor_sha256"] == hubbeam.resolve_module(str(preprocessor)).sha256
+    assert cosine(shown["embeddings"], minilm_vectors[:3]).min() >= 0.9999
 
 
 def test_embed_flags_are_checked(pair, corpus, tmp_path):

@@ -82,7 +82,9 @@ class PairEmbedder:
                                    "bert_pack_inputs, so its length cannot be chosen (it pads to its own)")
             if not 3 <= seq_length <= MAX_SEQ_LENGTH:
                 raise HubbeamError(f"--seq-length must be between 3 and {MAX_SEQ_LENGTH} (got {seq_length})")
-        self.seq_length = seq_length or int(preprocessor.metadata.get("seq_length") or DEFAULT_SEQ_LENGTH)
+        # None where the preprocessor packs to its own length (no bert_pack_inputs to ask for another)
+        self.seq_length = (seq_length or int(preprocessor.metadata.get("seq_length") or DEFAULT_SEQ_LENGTH)
+                           if self.packs else None)
         self.last_seq_length: int | None = None  # what the last batch was packed to (tests, benchmarks)
 
     # The encoder's provenance is the pair's: its weights make the vectors; the preprocessor's is beside it.

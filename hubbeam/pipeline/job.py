@@ -326,7 +326,8 @@ def summary(manifest: Manifest | StagedJob, output: str) -> str:
         f"module    {module['handle']}  sha256 {module['sha256'][:16]}…  signature {module['signature']}  "
         f"output {module['output_key']}  dim {module['dim']}  runner {manifest['runner']}",
     ] + ([f"preprocessor {module['preprocessor_handle']}  sha256 {module['preprocessor_sha256'][:16]}…  "
-          f"seq_length ≤ {module['seq_length']}"] if module.get("preprocessor_sha256") else []) + [
+          + (f"seq_length ≤ {module['seq_length']}" if module.get("seq_length") else "")]
+         if module.get("preprocessor_sha256") else []) + [
         f"output    {output}: {len(manifest['outputs']['embeddings'])} embedding shard(s), "
         f"{len(manifest['outputs']['rejected'])} rejected shard(s), manifest.json, _SUCCESS",
     ] + ([f"duplicate ids: {manifest['duplicate_ids']:,} ids occur on more than one row (all kept; e.g. "
