@@ -149,3 +149,42 @@ def test_embed_flags_are_checked(pair, corpus, tmp_path):
     result = hubbeam_cli("embed", "--input", corpus, "--output", tmp_path / "o", "--module", encoder,
                          "--seq-length", "64")
     assert result.returncode == 2 and "--seq-length is for a preprocessor" in result.stderr
+
+
+def test_dag_plans_a_pair_into_a_folder_keyed_by_both_digests(pair, tmp_path):
+    """The plan (what embed_corpus's plan task runs) keys the output by both digests and passes --preprocessor
+    and --seq-length to the job; the DAG has the Params (parsed as Airflow parses it, in a child)."""
+    import os
+    import subprocess
+    import sys
+
+    from hubbeam.orchestration.airflow_support import beam_command
+    from hubbeam.orchestration.embedding import module_identity, plan_embedding, plan_explicit
+
+    preprocessor, encoder = pair
+    pre_sha, enc_sha = (hubbeam.resolve_module(str(m)).sha256 for m in (preprocessor, encoder))
+    identity = module_identity(str(encoder), preprocessor=str(preprocessor))
+    assert identity["kind"] == "text" and identity["folder"] == f"minilm-encoder-{enc_sha[:12]}-{pre_sha[:12]}"
+    assert module_identity(str(encoder))["folder"] == f"minilm-encoder-{enc_sha[:12]}"
+
+    snapshot = tmp_path / "corpus" / "20260101_20260102"
+    (snapshot / "text").mkdir(parents=True)
+    (snapshot / "manifest.json").write_text(json.dumps({"rows": {"text": 1}}))
+    (snapshot / "_SUCCESS").write_text("")
+    options = {"preprocessor": str(preprocessor), "seq_length": 64}
+    [planned] = plan_embedding(str(tmp_path / "corpus"), str(tmp_path / "emb"), str(encoder), options=options)
+    assert planned["output"] == str(tmp_path / "emb" / identity["folder"] / snapshot.name / "text")
+    command = beam_command(planned)
+    assert f"--preprocessor={preprocessor}" in command and "--seq-length=64" in command.replace("_", "-")
+    with pytest.raises(HubbeamError):
+        plan_explicit("in/*", str(tmp_path / "o"), str(encoder), {"preprocessor": str(tmp_path / "nowhere")})
+
+    code = ("from airflow.dag_processing.dagbag import DagBag\n"
+            "bag = DagBag(dag_folder='dags/embed_corpus.py')\n"
+            "assert not bag.import_errors, bag.import_errors\n"
+            "params = bag.dags['embed_corpus'].params\n"
+            "print(sorted(k for k in params if k in ('preprocessor', 'seq_length')))\n")
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "['preprocessor', 'seq_length']"
