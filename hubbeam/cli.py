@@ -31,7 +31,8 @@ def _cmd_resolve(args) -> int:
 def _cmd_inspect(args) -> int:
     from hubbeam.hub.describe import format_report, inspect_module
 
-    info = inspect_module(args.handle, sha256=args.sha256, allow_unsafe_ops=args.allow_unsafe_ops)
+    info = inspect_module(args.handle, sha256=args.sha256, allow_unsafe_ops=args.allow_unsafe_ops,
+                          preprocessor=args.preprocessor)
     print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0
 
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("handle", help=handle_help)
     p.add_argument("--sha256", help="expected sha256 of the archive or of the module tree")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--preprocessor", metavar="HANDLE",
+                   help="HANDLE is an encoder: show this preprocessor's outputs and the encoder inputs they feed "
+                        "(a pair that does not fit is refused, naming the keys)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load the module to list its signatures even if its load-time ops touch files")
     p.set_defaults(func=_cmd_inspect)

@@ -129,6 +129,22 @@ class PairEmbedder:
         return {name: produced[name] for name in self.encoder.input_specs}
 
 
+def describe_pair(pair: PairEmbedder) -> dict:
+    """JSON-ready: the preprocessor, its outputs, and which encoder input each one feeds (by name, as TF Hub's
+    BERT interface matches them); outputs the encoder does not take are listed as unused."""
+    from hubbeam.hub.loader import TensorInfo
+
+    pre, enc = pair.preprocessor, pair.encoder
+    return {
+        "handle": pre.handle, "sha256": pre.module_sha256, "signature": pre.signature,
+        "outputs": [vars(TensorInfo.of(n, s)) for n, s in sorted(pre.output_specs.items())],
+        "feeds": [{"output": name, "encoder_input": name, "encoder_signature": enc.signature}
+                  for name in sorted(enc.input_specs)],
+        "unused_outputs": sorted(set(pre.output_specs) - set(enc.input_specs)),
+        "packs_per_batch": pair.packs, "seq_length": pair.seq_length,
+    }
+
+
 def load_pair(preprocessor: str, encoder: str, signature: str | None = None, output_key: str | None = None, *,
               as_dict: bool = False, sha256: str | None = None, preprocessor_sha256: str | None = None,
               seq_length: int | None = None, allow_unsafe_ops: bool = False) -> PairEmbedder:
