@@ -115,8 +115,9 @@ def test_embed_with_preprocessor(beam_args, pair, corpus, sentences, minilm_vect
     ids, matrix = read_embeddings(str(out))
     order = [int(i[1:]) for i in ids]
     assert cosine(matrix, np.asarray(minilm_vectors)[order]).min() >= 0.9999
+    # one load per worker process: in-process, the launcher's own (the pinned pair shares its tag)
+    assert manifest["metrics"]["module_loads"] == manifest["metrics"]["worker_processes"] == (2 if beam_args else 1)
     if beam_args:
-        assert manifest["metrics"]["worker_processes"] == 2
         return
     # search with the pair the run used; without its preprocessor, or with another, it is refused
     last = len(sentences) - 1  # a long sentence, unlike the others (the first ones differ only in case)
