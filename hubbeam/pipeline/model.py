@@ -171,6 +171,7 @@ class PairSpec(ModelLoader):
         return PairModule(self)
 
     def pinned(self, sha256: str) -> "PairSpec":
+        """The encoder pinned (one digest is all this interface carries); pinned_to pins both."""
         return dataclasses.replace(self, encoder=self.encoder.pinned(sha256))
 
     def pinned_to(self, description: ModelDescription) -> "PairSpec":
