@@ -37,6 +37,11 @@ with DAG(
     params={
         "module": Param(support.default_module(), type="string", minLength=1,
                         description="module handle: folder, .tar.gz, https://, gs://, s3://"),
+        "preprocessor": Param(None, type=["null", "string"],
+                              description="a TF Hub BERT-style preprocessor: module is then its encoder, the pair "
+                                          "embeds text; the output folder is keyed by both digests"),
+        "seq_length": Param(None, type=["null", "integer"], minimum=3, maximum=512,
+                            description="with preprocessor: the most word pieces a text is packed to"),
         "signature": Param(None, type=["null", "string"]),
         "output_key": Param(None, type=["null", "string"]),
         "input_kind": Param("auto", enum=["auto", "text", "image"],
@@ -61,7 +66,7 @@ with DAG(
 
         options = {"runner": params["runner"], "batch_size": params["batch_size"],
                    "allow_unsafe_ops": params["allow_unsafe_ops"], **params["beam_options"]}
-        for key in ("signature", "output_key"):
+        for key in ("signature", "output_key", "preprocessor", "seq_length"):
             if params[key]:
                 options[key] = params[key]
         with support.fail_fast():

@@ -31,7 +31,8 @@ def _cmd_resolve(args) -> int:
 def _cmd_inspect(args) -> int:
     from hubbeam.hub.describe import format_report, inspect_module
 
-    info = inspect_module(args.handle, sha256=args.sha256, allow_unsafe_ops=args.allow_unsafe_ops)
+    info = inspect_module(args.handle, sha256=args.sha256, allow_unsafe_ops=args.allow_unsafe_ops,
+                          preprocessor=args.preprocessor)
     print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0
 
@@ -87,8 +88,11 @@ def _cmd_encode(args) -> int:
     from hubbeam.hub.loader import load
     from hubbeam.inspection.lookup import short
 
+    if args.seq_length is not None and not args.preprocessor:
+        raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")
     embedder = load(args.module, signature=args.signature, output_key=args.output_key,
-                    allow_unsafe_ops=args.allow_unsafe_ops)
+                    allow_unsafe_ops=args.allow_unsafe_ops, preprocessor=args.preprocessor,
+                    seq_length=args.seq_length)
     if args.image:
         if embedder.input_kind != "image":
             raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not images")
@@ -118,12 +122,16 @@ def _cmd_encode(args) -> int:
         labels = inputs = list(args.text)
     vectors = np.asarray(embedder(inputs), dtype=np.float32)
     if args.json:
-        print(json.dumps({"module": embedder.handle, "sha256": embedder.module_sha256,
+        pair = ({"preprocessor": embedder.preprocessor_handle, "preprocessor_sha256": embedder.preprocessor_sha256}
+                if args.preprocessor else {})
+        print(json.dumps({"module": embedder.handle, "sha256": embedder.module_sha256, **pair,
                           "signature": embedder.signature, "output_key": embedder.output_key,
                           "inputs": labels, "embeddings": vectors.tolist()}))
         return 0
     print(f"{embedder.handle}  signature={embedder.signature} output={embedder.output_key} "
           f"sha256={embedder.module_sha256[:16]}…")
+    if args.preprocessor:
+        print(f"preprocessor {embedder.preprocessor_handle}  sha256={embedder.preprocessor_sha256[:16]}…")
     print(f"{len(labels)} inputs -> {vectors.shape[1]}-d embeddings")
     for i, (label, vector) in enumerate(zip(labels, vectors)):
         preview = " ".join(f"{v:+.3f}" for v in vector[:4])
@@ -314,7 +322,7 @@ def _cmd_search(args) -> int:
         raise HubbeamError("give a text query, or --image PATH for an image module")
     results = search(args.embeddings, args.module, query=args.query, image=args.image, k=args.k,
                      id_column=args.id_column, text_column=args.text_column, image_column=args.image_column,
-                     allow_unsafe_ops=args.allow_unsafe_ops)
+                     allow_unsafe_ops=args.allow_unsafe_ops, preprocessor=args.preprocessor)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -349,6 +357,8 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
         epilog="example: hubbeam search --embeddings out/ --module build/modules/minilm \"unit tests\" -k 5")
     p.add_argument("--embeddings", required=True, metavar="DIR", help="output folder of `hubbeam embed`")
     p.add_argument("--module", required=True, help=handle_help + " (the one the run used)")
+    p.add_argument("--preprocessor", metavar="HANDLE",
+                   help="the preprocessor the run used, for a run of a preprocessor + encoder pair")
     p.add_argument("query", nargs="?", help="text to search for")
     p.add_argument("--image", metavar="PATH", help="an image file to search for (image modules)")
     p.add_argument("-k", type=int, default=10, help="how many rows to show (default: 10)")
@@ -402,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("handle", help=handle_help)
     p.add_argument("--sha256", help="expected sha256 of the archive or of the module tree")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--preprocessor", metavar="HANDLE",
+                   help="HANDLE is an encoder: show this preprocessor's outputs and the encoder inputs they feed "
+                        "(a pair that does not fit is refused, naming the keys)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load the module to list its signatures even if its load-time ops touch files")
     p.set_defaults(func=_cmd_inspect)
@@ -414,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module", required=True, help=handle_help)
     p.add_argument("--signature", help="signature to call (default: 'default')")
     p.add_argument("--output-key", help="named output to return (default: 'default')")
+    p.add_argument("--preprocessor", metavar="HANDLE",
+                   help="a TF Hub BERT-style preprocessor for --module (an encoder): the pair takes text")
+    p.add_argument("--seq-length", type=int,
+                   help="with --preprocessor: the most word pieces a text is packed to (default: the "
+                        "preprocessor's, 128)")
     p.add_argument("--image", nargs="+", metavar="FILE", help="image files instead of text")
     p.add_argument("--image-size", metavar="H,W", help="resize images to H,W (modules of any size; default: "
                                                        "the module's size)")

@@ -6,8 +6,13 @@ from hubbeam.hub.metadata import METADATA_PATH, read_metadata
 from hubbeam.hub.resolver import resolve_module
 
 
-def inspect_module(handle: str, sha256: str | None = None, allow_unsafe_ops: bool = False) -> dict:
+def inspect_module(handle: str, sha256: str | None = None, allow_unsafe_ops: bool = False,
+                   preprocessor: str | None = None) -> dict:
     """A JSON-ready description of the module behind handle.
+
+    With preprocessor (handle is then an encoder), `pair` says what the preprocessor outputs and which encoder
+    input each output feeds; a preprocessor that does not output every input the encoder takes is refused,
+    naming the keys (hubbeam.hub.pair.check_pair).
 
     Describing the signatures needs hub.load, which runs the module's load-time code (never a serving
     function). When the audit finds that code touching files, the module is described from the audit and
@@ -24,7 +29,7 @@ def inspect_module(handle: str, sha256: str | None = None, allow_unsafe_ops: boo
         inputs, outputs = signature_io(fn)
         signatures[name] = {
             "inputs": [vars(TensorInfo.of(n, s)) for n, s in sorted(inputs.items())],
-            "outputs": [vars(TensorInfo.of(n, s)) for n, s in sorted(outputs.items())],
+            "outputs": [vars(TensorInfo.of(n, s)) for n, s in _flat(sorted(outputs.items()))],
         }
     variables = list(getattr(obj, "variables", []) or [])
     trainable = list(getattr(obj, "trainable_variables", []) or [])
@@ -33,6 +38,15 @@ def inspect_module(handle: str, sha256: str | None = None, allow_unsafe_ops: boo
         embedder = Embedder(resolved, obj, None, None)
         default = {"signature": embedder.signature, "output": embedder.output_key, "dim": embedder.dim,
                    "input_kind": embedder.input_kind, "image_size": embedder.image_size}
+    pair = None
+    if preprocessor is not None:
+        from hubbeam.errors import HubbeamError
+        from hubbeam.hub.pair import PairEmbedder, describe_pair, load_preprocessor
+
+        if default is None:
+            raise HubbeamError(f"{resolved.handle} has no signature to feed (not loaded, or only __call__)")
+        pair = describe_pair(PairEmbedder(load_preprocessor(preprocessor, allow_unsafe_ops=allow_unsafe_ops),
+                                          Embedder(resolved, obj, None, None)))
     is_tf1 = (resolved.path / "tfhub_module.pb").is_file()
     return {
         "handle": resolved.handle,
@@ -51,7 +65,20 @@ def inspect_module(handle: str, sha256: str | None = None, allow_unsafe_ops: boo
         "unsafe_ops": {name: list(ops) for name, ops in sorted(audit.unsafe.items())},
         "metadata_file": METADATA_PATH if read_metadata(resolved.path) is not None else None,
         "metadata": read_metadata(resolved.path),
+        **({"pair": pair} if pair else {}),
     }
+
+
+def _flat(items):
+    """(name, spec) pairs with nested outputs spelled out: a list output (a BERT encoder's `encoder_outputs`,
+    one tensor per layer) becomes name[0], name[1], …"""
+    for name, spec in items:
+        if isinstance(spec, (list, tuple)):
+            yield from _flat([(f"{name}[{i}]", s) for i, s in enumerate(spec)])
+        elif isinstance(spec, dict):
+            yield from _flat([(f"{name}.{k}", s) for k, s in sorted(spec.items())])
+        else:
+            yield name, spec
 
 
 def _count(variables) -> int:
@@ -89,6 +116,17 @@ def format_report(info: dict) -> str:
                  (("file_ops", "FILE"), ("py_ops", "PYTHON"), ("custom_ops", "custom ops")) if ops[key]]
         refused = "  <- refused by default (--allow-unsafe-ops)" if name in info["unsafe_ops"] else ""
         lines.append(f"  {name:<16} {'; '.join(found) or 'nothing outside the model'}{refused}")
+    if info.get("pair"):
+        p = info["pair"]
+        lines.append(f"preprocessor {p['handle']}  sha256 {p['sha256']}  signature {p['signature']!r}")
+        fed = {f["output"]: f for f in p["feeds"]}
+        for t in p["outputs"]:
+            shape = "?" if t["shape"] is None else "[" + ", ".join("None" if d is None else str(d) for d in t["shape"]) + "]"
+            target = (f"-> encoder input {t['name']} ({fed[t['name']]['encoder_signature']})" if t["name"] in fed
+                      else "(unused by the encoder)")
+            lines.append(f"  output {t['name']:<18} {t['dtype']:<8} {shape:<12} {target}")
+        lines.append("  packing    " + (f"each batch to its longest text, at most {p['seq_length']} (tokenize + "
+                                        "bert_pack_inputs)" if p["packs_per_batch"] else "the preprocessor's own length"))
     if info["metadata"] is not None:
         lines.append(f"metadata   ({info['metadata_file']})")
         for key, value in sorted(info["metadata"].items()):

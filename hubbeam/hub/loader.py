@@ -225,11 +225,22 @@ def load_object(resolved: ResolvedModule, *, allow_unsafe_ops: bool = False):
 
 
 def load(handle: str, signature: str | None = None, output_key: str | None = None, *, as_dict: bool = False,
-         sha256: str | None = None, allow_unsafe_ops: bool = False) -> Embedder:
+         sha256: str | None = None, allow_unsafe_ops: bool = False, preprocessor: str | None = None,
+         preprocessor_sha256: str | None = None, seq_length: int | None = None) -> Embedder:
     """Resolve handle (fetching and verifying into the cache if needed) and load it as an Embedder.
 
     A module whose serving functions touch files is refused unless allow_unsafe_ops (see hubbeam.hub.audit).
+    With preprocessor (TF Hub's BERT interface: strings -> the encoder's input dict), handle is the encoder
+    and the result is a hubbeam.hub.pair.PairEmbedder that takes strings; seq_length caps its packed length.
     """
+    if preprocessor is not None:
+        from hubbeam.hub.pair import load_pair
+
+        return load_pair(preprocessor, handle, signature, output_key, as_dict=as_dict, sha256=sha256,
+                         preprocessor_sha256=preprocessor_sha256, seq_length=seq_length,
+                         allow_unsafe_ops=allow_unsafe_ops)
+    if seq_length is not None:
+        raise HubbeamError("seq_length is for a preprocessor + encoder pair: give preprocessor too")
     resolved = resolve_module(handle, sha256=sha256)
     return Embedder(resolved, load_object(resolved, allow_unsafe_ops=allow_unsafe_ops), signature, output_key,
                     as_dict=as_dict)

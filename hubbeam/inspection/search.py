@@ -28,11 +28,33 @@ def check_module(output: EmbeddingsOutput, handle: str, sha256: str) -> None:
             f"the module the run used, or embed again with this one")
 
 
-def query_embedder(output: EmbeddingsOutput, module, allow_unsafe_ops: bool = False):
-    """An Embedder for the output's module, signature and output key; module: a handle or a loaded Embedder."""
+def check_preprocessor(output: EmbeddingsOutput, handle: str | None, sha256: str | None) -> None:
+    """Refuse a preprocessor other than the run's (or one missing, or one the run did not use): a pair's vectors
+    depend on both modules."""
+    used = output.module
+    wanted = used.get("preprocessor_sha256")
+    if wanted is None and sha256 is None:
+        return
+    if wanted is None:
+        raise HubbeamError(f"{output.directory} was embedded with {used['handle']} alone, without a preprocessor: "
+                           "search without --preprocessor")
+    if sha256 is None:
+        raise HubbeamError(f"{output.directory} was embedded with preprocessor {used['preprocessor_handle']} and "
+                           f"encoder {used['handle']}: give that preprocessor too (--preprocessor)")
+    if sha256 != wanted:
+        raise HubbeamError(
+            f"preprocessor mismatch: {output.directory} was embedded with preprocessor {used['preprocessor_handle']} "
+            f"(sha256 {wanted}), but {handle} is sha256 {sha256}; search with the preprocessor the run used")
+
+
+def query_embedder(output: EmbeddingsOutput, module, allow_unsafe_ops: bool = False, preprocessor=None):
+    """An Embedder for the output's module, signature and output key; module: a handle or a loaded Embedder
+    (a loaded pair carries its preprocessor; else preprocessor is the handle of the run's, for a pair's run)."""
     used = output.module
     if hasattr(module, "module_sha256"):  # already loaded (notebooks: load once, search many times)
         check_module(output, module.handle, module.module_sha256)
+        check_preprocessor(output, getattr(module, "preprocessor_handle", None),
+                           getattr(module, "preprocessor_sha256", None))
         if (module.signature, module.output_key) != (used["signature"], used["output_key"]):
             raise HubbeamError(f"{output.directory} holds signature {used['signature']!r} output {used['output_key']!r};"
                                f" the embedder calls signature {module.signature!r} output {module.output_key!r}")
@@ -42,6 +64,14 @@ def query_embedder(output: EmbeddingsOutput, module, allow_unsafe_ops: bool = Fa
 
     resolved = resolve_module(str(module))
     check_module(output, resolved.handle, resolved.sha256)  # before TensorFlow is loaded
+    pre = resolve_module(str(preprocessor)) if preprocessor is not None else None
+    check_preprocessor(output, pre and pre.handle, pre and pre.sha256)
+    if pre is not None:
+        from hubbeam.hub.pair import PairEmbedder, load_preprocessor
+
+        return PairEmbedder(load_preprocessor(str(preprocessor), sha256=pre.sha256, allow_unsafe_ops=allow_unsafe_ops),
+                            Embedder(resolved, load_object(resolved, allow_unsafe_ops=allow_unsafe_ops),
+                                     used["signature"], used["output_key"]), used.get("seq_length"))
     return Embedder(resolved, load_object(resolved, allow_unsafe_ops=allow_unsafe_ops), used["signature"],
                     used["output_key"])
 
@@ -79,7 +109,7 @@ def embed_query(embedder, query: str | None = None, image: str | None = None, im
 
 def search(embeddings_dir, module, query: str | None = None, image: str | None = None, k: int = 10, *,
            id_column: str = "id", text_column: str = "text", image_column: str = "image",
-           snippet_chars: int = 200, allow_unsafe_ops: bool = False) -> list[dict]:
+           snippet_chars: int = 200, allow_unsafe_ops: bool = False, preprocessor=None) -> list[dict]:
     """The k rows of a finished run nearest by cosine to a text query or an image file.
 
     module: the handle the run used (checked by digest) or an Embedder already loaded from it.
@@ -87,11 +117,12 @@ def search(embeddings_dir, module, query: str | None = None, image: str | None =
     column, else re-read from its source file), the image file's path for image runs, or None.
     id_column / text_column / image_column: how the source files name them, if not the defaults.
     allow_unsafe_ops: load the module even if its serving functions touch files (hubbeam.hub.audit).
+    preprocessor: for a run of a preprocessor + encoder pair, the preprocessor's handle (checked by digest too).
     """
     if k < 1:
         raise HubbeamError("k must be at least 1")
     output = EmbeddingsOutput(str(embeddings_dir))
-    embedder = query_embedder(output, module, allow_unsafe_ops)
+    embedder = query_embedder(output, module, allow_unsafe_ops, preprocessor)
     [hits] = nearest(output, embed_query(embedder, query=query, image=image,
                                          image_size=output.module.get("image_size")), k)
     values = {}

@@ -13,22 +13,32 @@ from hubbeam.orchestration.corpus import IMAGES_DIR, TEXT_DIR, finished_snapshot
 from hubbeam.pipeline.output import SUCCESS
 
 
-def module_identity(module: str, input_kind: str = "auto") -> dict:
+def module_identity(module: str, input_kind: str = "auto", preprocessor: str | None = None) -> dict:
+    """Handle, digest, name, input kind and output folder (NAME-DIGEST12) of a module. With a preprocessor
+    (a pair: module is its encoder) the pair takes text, and the folder is NAME-DIGEST12-PREPROCESSORDIGEST12:
+    a new preprocessor changes the vectors as a new encoder does, so it starts a new folder too."""
     from hubbeam.hub.metadata import read_metadata
     from hubbeam.hub.resolver import resolve_module
 
     resolved = resolve_module(module)
     metadata = read_metadata(resolved.path) or {}
-    kind = input_kind if input_kind != "auto" else (metadata.get("input") or {}).get("kind", "text")
+    declared = "text" if preprocessor else (metadata.get("input") or {}).get("kind", "text")
+    kind = input_kind if input_kind != "auto" else declared
     name = metadata.get("name") or resolved.path.name
-    return {"handle": resolved.handle, "sha256": resolved.sha256, "name": name, "kind": kind,
-            "folder": f"{name}-{resolved.sha256[:12]}"}
+    identity = {"handle": resolved.handle, "sha256": resolved.sha256, "name": name, "kind": kind,
+                "folder": f"{name}-{resolved.sha256[:12]}"}
+    if preprocessor:
+        pre = resolve_module(preprocessor)
+        identity.update(preprocessor_handle=pre.handle, preprocessor_sha256=pre.sha256,
+                        folder=f"{identity['folder']}-{pre.sha256[:12]}")
+    return identity
 
 
 def plan_embedding(corpus_root: str, embeddings_root: str, module: str, input_kind: str = "auto",
                    options: dict | None = None) -> list[dict]:
-    """Pipeline options for each finished snapshot of the module's input kind not yet embedded with it."""
-    identity = module_identity(module, input_kind)
+    """Pipeline options for each finished snapshot of the module's input kind not yet embedded with it (a
+    "preprocessor" in options makes module the encoder of a pair)."""
+    identity = module_identity(module, input_kind, (options or {}).get("preprocessor"))
     part = TEXT_DIR if identity["kind"] == "text" else IMAGES_DIR
     plan = []
     for snapshot in finished_snapshots(corpus_root):
@@ -52,6 +62,8 @@ def plan_explicit(input_glob: str, output: str, module: str, options: dict | Non
     if not output:
         raise HubbeamError("an explicit input needs an output folder (param 'output')")
     resolve_module(module)
+    if (options or {}).get("preprocessor"):
+        resolve_module(options["preprocessor"])
     return [{**(options or {}), "input": input_glob, "output": output, "module": module}]
 
 
@@ -68,7 +80,9 @@ def check_outputs(outputs: list[str]) -> dict:
         totals["runs"] += 1
         for key in ("rows_read", "rows_embedded", "rows_rejected"):
             totals[key] += manifest[key]
-        totals["outputs"].append({"output": output, "module_sha256": manifest["module"]["sha256"],
+        pair = ({"preprocessor_sha256": manifest["module"]["preprocessor_sha256"]}
+                if manifest["module"].get("preprocessor_sha256") else {})
+        totals["outputs"].append({"output": output, "module_sha256": manifest["module"]["sha256"], **pair,
                                   "rows_embedded": manifest["rows_embedded"]})
     return totals
 

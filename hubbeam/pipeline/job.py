@@ -107,7 +107,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     schema = _embeddings_schema(job, described, files, run_id)
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
     transform = EMBED[described.input_kind](
-        model.pinned(described.sha256), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
+        model.pinned_to(described), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
         image_size=job_image_size(job, described), reshuffle=spreads_work(pipeline.options))
 
     read = (pipeline
@@ -183,7 +183,10 @@ def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
         "module": {"handle": described.handle, "sha256": described.sha256, "signature": described.signature,
                    "output_key": described.output_key, "dim": described.dim, "input_kind": described.input_kind,
                    "image_size": list(image_size) if image_size else None,
-                   "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(described)},
+                   "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(described),
+                   **({"preprocessor_handle": described.preprocessor_handle,
+                       "preprocessor_sha256": described.preprocessor_sha256, "seq_length": described.seq_length}
+                      if described.preprocessor_sha256 else {})},
         "dtype": _dtype(job),
         "batch_size": job.batch_size,
     }
@@ -210,10 +213,15 @@ def job_image_size(job: EmbedJob, described) -> tuple[int, int] | None:
 
 
 def _unsafe_ops(described) -> dict[str, list[str]]:
-    """What the audit found and --allow-unsafe-ops let through, per serving function (provenance)."""
+    """What the audit found and --allow-unsafe-ops let through, per serving function (provenance); a pair's
+    preprocessor's functions are named preprocessor/NAME."""
     from hubbeam.hub.audit import audit_module
 
-    return {name: list(ops) for name, ops in sorted(audit_module(described.path).unsafe.items())}
+    found = {name: list(ops) for name, ops in sorted(audit_module(described.path).unsafe.items())}
+    if described.preprocessor_path:
+        found.update({f"preprocessor/{name}": list(ops)
+                      for name, ops in sorted(audit_module(described.preprocessor_path).unsafe.items())})
+    return found
 
 
 def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest | StagedJob:
@@ -228,7 +236,7 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     import apache_beam as beam
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.model import ModelHandle, ModuleSpec
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec, PairSpec
 
     from apache_beam.io.filesystems import FileSystems
 
@@ -240,8 +248,11 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
     storage.configure_beam_gcs()
     files = match_inputs(job.input)
-    model = model or ModelHandle(ModuleSpec(job.module, job.signature, job.output_key, job.sha256,
-                                            job.allow_unsafe_ops))
+    encoder = ModuleSpec(job.module, job.signature, job.output_key, job.sha256, job.allow_unsafe_ops)
+    if model is None and job.preprocessor:
+        model = ModelHandle(PairSpec(ModuleSpec(job.preprocessor, allow_unsafe_ops=job.allow_unsafe_ops), encoder,
+                                     job.seq_length))
+    model = model or ModelHandle(encoder)
     loaded = model.acquire()  # held until the run ends, so an in-process runner never loads it again
     described = loaded.description
     kind = described.input_kind
@@ -314,6 +325,9 @@ def summary(manifest: Manifest | StagedJob, output: str) -> str:
         f" from {len(manifest['inputs'])} files in {manifest['seconds']:.1f} s ({manifest['rows_per_second']:,.0f} rows/s)",
         f"module    {module['handle']}  sha256 {module['sha256'][:16]}…  signature {module['signature']}  "
         f"output {module['output_key']}  dim {module['dim']}  runner {manifest['runner']}",
+    ] + ([f"preprocessor {module['preprocessor_handle']}  sha256 {module['preprocessor_sha256'][:16]}…  "
+          + (f"seq_length ≤ {module['seq_length']}" if module.get("seq_length") else "")]
+         if module.get("preprocessor_sha256") else []) + [
         f"output    {output}: {len(manifest['outputs']['embeddings'])} embedding shard(s), "
         f"{len(manifest['outputs']['rejected'])} rejected shard(s), manifest.json, _SUCCESS",
     ] + ([f"duplicate ids: {manifest['duplicate_ids']:,} ids occur on more than one row (all kept; e.g. "

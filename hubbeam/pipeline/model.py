@@ -37,11 +37,18 @@ class ModelDescription:
     value_range: tuple[float, float] | None = None  # float image inputs: the metadata's range (None: [0, 1])
     path: str | None = None  # the resolved local folder, for the audit's provenance
     input_names: tuple[str, ...] = ()
+    # A preprocessor + encoder pair (handle/sha256/path above are the encoder's): the preprocessor's own.
+    preprocessor_handle: str | None = None
+    preprocessor_sha256: str | None = None
+    preprocessor_path: str | None = None
+    seq_length: int | None = None  # the most a batch is packed to (each batch packs to what it needs)
 
     def provenance(self) -> dict:
         """The key-value metadata (hubbeam.*) every embeddings shard carries about its model."""
+        pair = ({"preprocessor_handle": self.preprocessor_handle, "preprocessor_sha256": self.preprocessor_sha256,
+                 "seq_length": self.seq_length} if self.preprocessor_sha256 else {})
         return {"module_handle": self.handle, "module_sha256": self.sha256, "signature": self.signature,
-                "output_key": self.output_key, "dim": self.dim}
+                "output_key": self.output_key, "dim": self.dim, **pair}
 
 
 class EmbeddingModel(abc.ABC):
@@ -78,6 +85,10 @@ class ModelLoader(abc.ABC):
     def pinned(self, sha256: str) -> "ModelLoader":
         """The same model, with loads elsewhere required to have exactly this content."""
 
+    def pinned_to(self, description: ModelDescription) -> "ModelLoader":
+        """Pinned to everything the description's digests name (a pair has two)."""
+        return self.pinned(description.sha256)
+
 
 @dataclass(frozen=True)
 class ModuleSpec(ModelLoader):
@@ -110,24 +121,75 @@ class ModuleSpec(ModelLoader):
 class HubModule(EmbeddingModel):
     """A module loaded with hubbeam.hub.loader. Weak-referenceable, as Shared needs."""
 
-    def __init__(self, spec: ModuleSpec):
+    def __init__(self, spec: "ModuleSpec | PairSpec"):
         super().__init__()
-        from hubbeam.hub.loader import load
-
         started = time.monotonic()
-        self.embedder = load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256,
-                             allow_unsafe_ops=spec.allow_unsafe_ops)
+        self.embedder = self._load(spec)
         self.load_seconds = time.monotonic() - started
         e = self.embedder
+        pair = ({"preprocessor_handle": e.preprocessor_handle, "preprocessor_sha256": e.preprocessor_sha256,
+                 "preprocessor_path": e.preprocessor_path, "seq_length": e.seq_length}
+                if hasattr(e, "preprocessor_sha256") else {})
         self.description = ModelDescription(
             handle=e.handle, sha256=e.module_sha256, signature=e.signature, output_key=e.output_key, dim=e.dim,
             input_kind=e.input_kind, image_size=tuple(e.image_size) if e.image_size else None,
             image_size_fixed=e.fixed_image_size, image_dtype=e.image_dtype, value_range=e.value_range, path=e.path,
-            input_names=tuple(sorted(e.input_specs)))
+            input_names=tuple(sorted(e.input_specs)), **pair)
         log.info("loaded %s in %.1fs", e.handle, self.load_seconds)  # spec.handle may hold credentials
+
+    @staticmethod
+    def _load(spec):
+        from hubbeam.hub.loader import load
+
+        return load(spec.handle, signature=spec.signature, output_key=spec.output_key, sha256=spec.sha256,
+                    allow_unsafe_ops=spec.allow_unsafe_ops)
 
     def embed(self, inputs) -> np.ndarray:
         return np.asarray(self.embedder(inputs), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PairSpec(ModelLoader):
+    """A preprocessor + encoder pair (TF Hub's BERT interface) embedding strings: hubbeam.hub.pair.
+
+    handle and sha256 are the encoder's (its weights make the vectors); pinning pins both modules, so workers
+    elsewhere load exactly the pair the launcher inspected.
+    """
+
+    preprocessor: ModuleSpec
+    encoder: ModuleSpec
+    seq_length: int | None = None
+
+    handle = property(lambda self: self.encoder.handle)
+    sha256 = property(lambda self: self.encoder.sha256)
+
+    @property
+    def tag(self) -> str:
+        return f"pair|{self.preprocessor.tag}|{self.encoder.tag}|{self.seq_length}"
+
+    def load(self) -> "HubModule":
+        return PairModule(self)
+
+    def pinned(self, sha256: str) -> "PairSpec":
+        """The encoder pinned (one digest is all this interface carries); pinned_to pins both."""
+        return dataclasses.replace(self, encoder=self.encoder.pinned(sha256))
+
+    def pinned_to(self, description: ModelDescription) -> "PairSpec":
+        return dataclasses.replace(self, encoder=self.encoder.pinned(description.sha256),
+                                   preprocessor=self.preprocessor.pinned(description.preprocessor_sha256))
+
+
+class PairModule(HubModule):
+    """A pair loaded with hubbeam.hub.pair: takes strings, as a text module does."""
+
+    @staticmethod
+    def _load(spec: PairSpec):
+        from hubbeam.hub.loader import load
+
+        pre, enc = spec.preprocessor, spec.encoder
+        return load(enc.handle, signature=enc.signature, output_key=enc.output_key, sha256=enc.sha256,
+                    allow_unsafe_ops=enc.allow_unsafe_ops, preprocessor=pre.handle, preprocessor_sha256=pre.sha256,
+                    seq_length=spec.seq_length)
 
 
 class ModelHandle:
@@ -144,8 +206,15 @@ class ModelHandle:
 
     def pinned(self, sha256: str) -> "ModelHandle":
         """The same process-wide model, with workers elsewhere pinned to exactly this content."""
+        return self._with_spec(self.spec.pinned(sha256))
+
+    def pinned_to(self, description: ModelDescription) -> "ModelHandle":
+        """Pinned to every digest in the description (both modules of a pair)."""
+        return self._with_spec(self.spec.pinned_to(description))
+
+    def _with_spec(self, spec: ModelLoader) -> "ModelHandle":
         other = ModelHandle.__new__(ModelHandle)
-        other.spec = self.spec.pinned(sha256)
+        other.spec = spec
         other._shared = self._shared
         return other
 

@@ -43,6 +43,12 @@ class EmbedJob:
     signature: str | None = _option(None, help="module signature (default: 'default')")
     output_key: str | None = _option(None, help="named output (default: 'default')")
     sha256: str | None = _option(None, help="pin the module's sha256 (archive or tree digest)")
+    preprocessor: str | None = _option(None, metavar="HANDLE",
+                                       help="a TF Hub BERT-style preprocessor (strings -> the inputs of --module, "
+                                            "then the encoder): the pair embeds text; both digests are recorded")
+    seq_length: int | None = _option(None, help="with --preprocessor: the most word pieces a text is packed to "
+                                                "(default: the preprocessor's, 128); each batch packs only to "
+                                                "what its longest text needs")
     batch_size: int = _option(BATCH_SIZE, help=f"most rows per model call (default: {BATCH_SIZE})")
     chunk_rows: int = _option(CHUNK_ROWS, help=f"rows sorted by length together before batching (default: {CHUNK_ROWS})")
     max_text_chars: int = _option(MAX_TEXT_CHARS, help="longer texts are truncated and flagged truncated=true "
@@ -64,6 +70,8 @@ class EmbedJob:
             raise HubbeamError(f"--num-shards must be 0 (the runner decides) or positive (got {self.num_shards})")
         if self.image_size is not None:
             parse_image_size(self.image_size)
+        if self.seq_length is not None and not self.preprocessor:
+            raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")
         self.output = self.output.rstrip("/") or "/"
 
     @property
@@ -101,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["default"] = ""
         else:
             kwargs["default"] = f.default
-            if f.type == "int":
+            if f.type in ("int", "int | None"):
                 kwargs["type"] = int
         parser.add_argument(*flags, **kwargs)
 

@@ -51,6 +51,10 @@ class ModuleProvenance(TypedDict):
     image_size: list[int] | None
     allow_unsafe_ops: bool
     unsafe_ops: dict[str, list[str]]  # what the audit found and --allow-unsafe-ops let through, per function
+    # A preprocessor + encoder pair (handle and sha256 above are the encoder's):
+    preprocessor_handle: NotRequired[str]
+    preprocessor_sha256: NotRequired[str]
+    seq_length: NotRequired[int]  # the most a batch was packed to
 
 
 class ShardEntry(TypedDict):
