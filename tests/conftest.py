@@ -76,3 +76,18 @@ def use_module(built_dir) -> Path:
     from hubbeam.modules import build_module
 
     return build_module("use-multilingual", built_dir / "use-multilingual")
+
+
+@pytest.fixture(scope="session")
+def preprocess_module(built_dir) -> Path:
+    """The bundled BERT-style pair (tests/test_minilm_pair.py, tests/test_pairs.py), built once per session."""
+    from hubbeam.modules import build_module
+
+    return build_module("minilm-preprocess", built_dir / "minilm-preprocess")
+
+
+@pytest.fixture(scope="session")
+def encoder_module(built_dir) -> Path:
+    from hubbeam.modules import build_module
+
+    return build_module("minilm-encoder", built_dir / "minilm-encoder")

@@ -12,28 +12,10 @@ import pytest
 
 import hubbeam
 from hubbeam.hub.metadata import read_metadata
+from tests.vectors import cosine
 
 GOLDEN = Path(__file__).parent / "fixtures" / "minilm_golden.npz"
 SEQ_LENGTH = 128
-
-
-def cosine(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-@pytest.fixture(scope="session")
-def preprocess_module(built_dir) -> Path:
-    from hubbeam.modules import build_module
-
-    return build_module("minilm-preprocess", built_dir / "minilm-preprocess")
-
-
-@pytest.fixture(scope="session")
-def encoder_module(built_dir) -> Path:
-    from hubbeam.modules import build_module
-
-    return build_module("minilm-encoder", built_dir / "minilm-encoder")
 
 
 @pytest.fixture(scope="module")

@@ -12,22 +12,15 @@ import pytest
 
 import hubbeam
 from hubbeam.errors import HubbeamError
+from tests.vectors import cosine
 
 GOLDEN = Path(__file__).parent / "fixtures" / "minilm_golden.npz"
 
 
-def cosine(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
 @pytest.fixture(scope="session")
-def pair(built_dir) -> tuple[Path, Path]:
-    """(preprocessor, encoder) folders, built once per session."""
-    from hubbeam.modules import build_module
-
-    return (build_module("minilm-preprocess", built_dir / "pair-preprocess"),
-            build_module("minilm-encoder", built_dir / "pair-encoder"))
+def pair(preprocess_module, encoder_module) -> tuple[Path, Path]:
+    """(preprocessor, encoder) folders, built once per session (tests/conftest.py)."""
+    return preprocess_module, encoder_module
 
 
 @pytest.fixture(scope="module")
