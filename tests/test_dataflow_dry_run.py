@@ -237,7 +237,7 @@ def test_the_staged_wheel_runs_the_job_in_a_clean_venv(lake, wheel, hub_referenc
 
 
 def test_the_dag_passes_runner_and_beam_options_through(lake, wheel, tmp_path):
-    """embed_corpus's plan task (its real callable, with the Params a user would set) gives the command its
+    """embed_corpus's plan task (its real callable, with the Params a user would set over the DAG's defaults) gives the command its
     embed task runs (support.beam_command); that command stages a Dataflow job like the CLI invocation, and the
     check task skips. The tasks' callables run without the scheduler: dag.test() would add a metadata database
     and a minute, and the BashOperator would only run the same command."""
@@ -253,7 +253,8 @@ from hubbeam.orchestration import airflow_support
 bag = DagBag(dag_folder={str(ROOT / "dags" / "embed_corpus.py")!r})
 assert not bag.import_errors, bag.import_errors
 dag = bag.dags["embed_corpus"]
-runs = dag.get_task("plan").python_callable(params=json.loads(sys.argv[1]))
+defaults = {{key: dag.params.get_param(key).value for key in dag.params}}  # Params the test does not set
+runs = dag.get_task("plan").python_callable(params={{**defaults, **json.loads(sys.argv[1])}})
 try:
     dag.get_task("check").python_callable(runs=runs, outlet_events=None)
     skipped = None
