@@ -8,7 +8,6 @@ CRC check.
 from __future__ import annotations
 
 import io
-import warnings
 import zlib
 
 import numpy as np
@@ -59,28 +58,27 @@ def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
         raise ImageDecodeError("empty_file", "empty file (0 bytes)")
     if data[:len(_PNG_SIGNATURE)] == _PNG_SIGNATURE:
         _check_png_crcs(data)
+    # HUBBEAM_MAX_IMAGE_PIXELS is the one limit: Pillow's own (89 M pixels, a warning, then an error at twice
+    # that) would refuse images the setting allows. It is checked from the header, before any pixel.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels():
-                raise ImageDecodeError("too_large", f"{width}x{height} pixels exceeds the {max_pixels()} pixel limit")
-            image.seek(0)
-            image.draft("RGB", (size[1] * 2, size[0] * 2))  # JPEG: let the decoder downscale cheaply
-            ImageOps.exif_transpose(image, in_place=True)  # the default returns a full-size copy even when upright
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image)
-            if image.mode.startswith("I"):  # 16-bit greyscale (PNG opens as I;16 or I): 0..65535 -> 0..255
-                array = np.asarray(image, dtype=np.float32)
-                image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8))
-            image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels():
+            raise ImageDecodeError("too_large", f"{width}x{height} pixels exceeds the {max_pixels()} pixel limit")
+        image.seek(0)
+        image.draft("RGB", (size[1] * 2, size[0] * 2))  # JPEG: let the decoder downscale cheaply
+        ImageOps.exif_transpose(image, in_place=True)  # the default returns a full-size copy even when upright
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        if image.mode.startswith("I"):  # 16-bit greyscale (PNG opens as I;16 or I): 0..65535 -> 0..255
+            array = np.asarray(image, dtype=np.float32)
+            image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8))
+        image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError("too_large", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("undecodable_image", "not a recognised image format") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -71,3 +71,19 @@ def test_decompression_bomb_refused_from_header(monkeypatch):
     with pytest.raises(ImageDecodeError) as info:
         decode_image(bomb, (8, 8))
     assert info.value.reason == "too_large"
+
+
+def test_the_pixel_limit_is_hubbeams_own_not_pillows(monkeypatch):
+    """HUBBEAM_MAX_IMAGE_PIXELS above Pillow's own 89 M-pixel cap is honoured (Pillow's warning-as-error refused
+    such images before), and below it refuses as before. 9,500 x 9,500 = 90.25 M pixels; a JPEG, so the decoder
+    downscales while decoding and the test stays light."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (9500, 9500), (200, 40, 40)).save(buffer, format="JPEG", quality=50)
+    data = buffer.getvalue()
+    monkeypatch.setenv("HUBBEAM_MAX_IMAGE_PIXELS", str(100_000_000))
+    pixels = decode_image(data, (8, 8))
+    assert pixels.shape == (8, 8, 3) and abs(float(pixels[..., 0].mean()) - 200 / 255) < 0.02
+    monkeypatch.setenv("HUBBEAM_MAX_IMAGE_PIXELS", str(90_000_000))
+    with pytest.raises(ImageDecodeError, match="9500x9500 pixels exceeds the 90000000 pixel limit") as info:
+        decode_image(data, (8, 8))
+    assert info.value.reason == "too_large"

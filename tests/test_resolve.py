@@ -86,6 +86,26 @@ def test_local_folder_is_used_in_place(hub_module):
     assert hubbeam.resolve(f"file://{hub_module.folder}") == str(hub_module.folder.resolve())
 
 
+def test_a_pinned_cache_entry_changed_in_place_is_fetched_again(hub_module):
+    """The cache marker's file sizes catch a truncated entry, not a byte changed in place; a pin does: a pinned
+    handle's entry is re-hashed once per process (here: each CLI process) and fetched again if it changed."""
+    from tests.cli import hubbeam_cli
+
+    handle = f"{hub_module.tarball}#sha256={hub_module.archive_sha256}"
+    resolved = resolve_module(handle)
+    weights = next(p for p in sorted((resolved.path / "variables").iterdir()) if p.name.startswith("variables.data"))
+    original = weights.read_bytes()
+    weights.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])  # same size, other content
+
+    unpinned = hubbeam_cli("resolve", str(hub_module.tarball))
+    assert unpinned.returncode == 0 and weights.read_bytes() != original, "without a pin, sizes are all that is checked"
+    pinned = hubbeam_cli("resolve", handle)
+    assert pinned.returncode == 0, pinned.stderr[-2000:]
+    assert "(or changed on disk); fetching it again" in pinned.stderr
+    assert weights.read_bytes() == original
+    assert resolve_module(f"{hub_module.tarball}#sha256={hub_module.tree_sha256}").sha256 == hub_module.tree_sha256
+
+
 # --- HTTP ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
