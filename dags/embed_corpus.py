@@ -43,6 +43,9 @@ with DAG(
         "seq_length": Param(None, type=["null", "integer"], minimum=3, maximum=512,
                             description="with preprocessor: the most word pieces a text is packed to"),
         "signature": Param(None, type=["null", "string"]),
+        "input_map": Param(None, type=["null", "string"],
+                           description="a signature with several inputs: INPUT=COLUMN,… (see hubbeam embed --help); "
+                                       "with an explicit Parquet/JSONL input"),
         "output_key": Param(None, type=["null", "string"]),
         "input_kind": Param("auto", enum=["auto", "text", "image"],
                             description="auto: from the module's metadata"),
@@ -66,7 +69,7 @@ with DAG(
 
         options = {"runner": params["runner"], "batch_size": params["batch_size"],
                    "allow_unsafe_ops": params["allow_unsafe_ops"], **params["beam_options"]}
-        for key in ("signature", "output_key", "preprocessor", "seq_length"):
+        for key in ("signature", "output_key", "preprocessor", "seq_length", "input_map"):
             if params[key]:
                 options[key] = params[key]
         with support.fail_fast():

@@ -151,3 +151,17 @@ def test_logits_output_with_output_key(tmp_path, image_modules, image_folder):
     # Dense(3) with unit weights: each logit is the sum of [mean, max, min, height, width].
     np.testing.assert_allclose(vectors["white.png"], [3 + 64] * 3, rtol=1e-5)
 
+
+
+@pytest.mark.long  # make test-long (CI runs it): each run starts TensorFlow in two worker processes
+@pytest.mark.parametrize("kind, job_args", [("fixed_float", {}), ("dynamic_float", {"image_size": "24,40"}),
+                                            ("two_outputs", {"signature": "outputs", "output_key": "logits"})])
+def test_each_image_kind_on_two_worker_processes_equals_one_process(kind, job_args, tmp_path, image_modules,
+                                                                    image_folder):
+    """(uint8 on two workers is tested above.) Same vectors, same dead letter, both workers used."""
+    one_manifest, one = embed(tmp_path / "one", image_modules[kind], image_folder, **job_args)
+    two_manifest, two = embed(tmp_path / "two", image_modules[kind], image_folder, *MULTI_PROCESS, **job_args)
+    assert two_manifest["metrics"]["worker_processes"] == 2
+    assert one_manifest["rejected_by_reason"] == two_manifest["rejected_by_reason"] == {"undecodable_image": 1}
+    assert two_manifest["module"]["image_size"] == one_manifest["module"]["image_size"]
+    assert sorted(one) == sorted(two) and all(np.allclose(one[k], two[k], rtol=1e-6) for k in one)

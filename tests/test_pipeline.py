@@ -377,7 +377,7 @@ def test_embed_cli_end_to_end_and_errors(tmp_path, mixed_text_corpus, tiny_wordv
     for args, message in [
         (["--input", tmp_path / "none-*.jsonl"], "no input files match"),
         (["--input", mixed_text_corpus[0], "--bogus_flag=1"], "unknown option(s): --bogus_flag"),
-        (["--input", mixed_text_corpus[0], "--signature", "tokens"], "takes several inputs"),
+        (["--input", mixed_text_corpus[0], "--input-map", "text=body"], "--input-map is for a signature with several"),
         (["--input", mixed_text_corpus[0], "--batch-size", "0"], "must be positive"),
     ]:
         result = embed(*args, "--output", tmp_path / "bad", "--module", tiny_wordvec_module)

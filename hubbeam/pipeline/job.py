@@ -103,7 +103,7 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     described = model.acquire().description
     spec = InputSpec(kind=described.input_kind, format=job.input_format, id_column=job.id_column,
                      text_column=job.text_column, image_column=job.image_column, keep_columns=tuple(job.keep_columns),
-                     chunk_rows=job.chunk_rows, max_text_chars=job.max_text_chars)
+                     chunk_rows=job.chunk_rows, max_text_chars=job.max_text_chars, tensors=job_feeds(job, described))
     schema = _embeddings_schema(job, described, files, run_id)
     staging = out.join(job.output, f"{out.STAGING_PREFIX}{run_id}")
     transform = EMBED[described.input_kind](
@@ -183,6 +183,8 @@ def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
         "module": {"handle": described.handle, "sha256": described.sha256, "signature": described.signature,
                    "output_key": described.output_key, "dim": described.dim, "input_kind": described.input_kind,
                    "image_size": list(image_size) if image_size else None,
+                   **({"input_map": {f.name: f.expression() for f in job_feeds(job, described)}}
+                      if described.input_kind == "tensors" else {}),
                    "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(described),
                    **({"preprocessor_handle": described.preprocessor_handle,
                        "preprocessor_sha256": described.preprocessor_sha256, "seq_length": described.seq_length}
@@ -210,6 +212,21 @@ def job_image_size(job: EmbedJob, described) -> tuple[int, int] | None:
         raise HubbeamError(f"{described.handle} takes images of any size and its metadata declares none: give "
                            "--image-size HEIGHT,WIDTH (e.g. --image-size 224,224)")
     return tuple(size)
+
+
+def job_feeds(job: EmbedJob, described) -> tuple:
+    """The TensorFeed of each input for a multi-input signature (--input-map, or column = input name); ()
+    for text and image modules, where --input-map is a user error."""
+    from hubbeam.pipeline.inputs import plan_feeds
+    from hubbeam.pipeline.options import parse_input_map
+
+    if described.input_kind != "tensors":
+        if job.input_map is not None:
+            raise HubbeamError(f"--input-map is for a signature with several inputs; signature "
+                               f"{described.signature!r} of {described.handle} takes {described.input_kind}")
+        return ()
+    input_map = parse_input_map(job.input_map) if job.input_map is not None else None
+    return plan_feeds(described.input_tensors, input_map, f"signature {described.signature!r} of {described.handle}")
 
 
 def _unsafe_ops(described) -> dict[str, list[str]]:
@@ -257,9 +274,10 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     described = loaded.description
     kind = described.input_kind
     if kind not in INPUT_KINDS:
-        raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes several inputs "
-                           f"({', '.join(described.input_names)}); hubbeam embed needs one text or image input")
+        raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes {kind} input "
+                           f"({', '.join(described.input_names)}); hubbeam embed feeds {', '.join(INPUT_KINDS)}")
     job_image_size(job, described)  # a dynamic-size module without --image-size fails here, before any work
+    job_feeds(job, described)  # and a signature hubbeam cannot feed, or a wrong --input-map
     spec = InputSpec(kind=kind, format=job.input_format)
     usable = [f for f in files if file_format_error(spec, spec.format_of(f)) is None]
     if not usable:

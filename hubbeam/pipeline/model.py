@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class TensorInput:
+    """One input of the model's signature: what a batch fed by name must look like."""
+
+    name: str
+    dtype: str  # "string", "int32", "float32", …
+    shape: tuple[int | None, ...]  # the signature's, batch dimension first
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """What the pipeline needs to know of a model: its provenance and the shape of its input and output."""
 
@@ -30,13 +43,14 @@ class ModelDescription:
     signature: str
     output_key: str
     dim: int
-    input_kind: str  # "text", "image", or "tensors" (several inputs: not embeddable by the job)
+    input_kind: str  # "text", "image", or "tensors" (several inputs, fed by name from columns)
     image_size: tuple[int, int] | None = None
     image_size_fixed: bool = False  # the signature fixes it (else it is the metadata's, or none)
     image_dtype: str | None = None  # "uint8" (0-255 pixels) or a float dtype: how pixels reach the model
     value_range: tuple[float, float] | None = None  # float image inputs: the metadata's range (None: [0, 1])
     path: str | None = None  # the resolved local folder, for the audit's provenance
     input_names: tuple[str, ...] = ()
+    input_tensors: tuple[TensorInput, ...] = ()  # by name, as input_names
     # A preprocessor + encoder pair (handle/sha256/path above are the encoder's): the preprocessor's own.
     preprocessor_handle: str | None = None
     preprocessor_sha256: str | None = None
@@ -134,7 +148,10 @@ class HubModule(EmbeddingModel):
             handle=e.handle, sha256=e.module_sha256, signature=e.signature, output_key=e.output_key, dim=e.dim,
             input_kind=e.input_kind, image_size=tuple(e.image_size) if e.image_size else None,
             image_size_fixed=e.fixed_image_size, image_dtype=e.image_dtype, value_range=e.value_range, path=e.path,
-            input_names=tuple(sorted(e.input_specs)), **pair)
+            input_names=tuple(sorted(e.input_specs)),
+            input_tensors=tuple(TensorInput(name, spec.dtype.name, tuple(spec.shape.as_list()))
+                                for name, spec in sorted(e.input_specs.items()) if spec.shape.rank is not None),
+            **pair)
         log.info("loaded %s in %.1fs", e.handle, self.load_seconds)  # spec.handle may hold credentials
 
     @staticmethod
@@ -234,20 +251,25 @@ def batch_sizes(batch_size: int) -> list[int]:
 
 
 def text_batches(values: list[str], batch_size: int, budget_chars: int) -> list[list[int]]:
-    """Indices of values grouped into batches of similar length.
+    """Indices of texts grouped into batches of similar length (length_batches on their lengths)."""
+    return length_batches([len(v) for v in values], batch_size, budget_chars)
+
+
+def length_batches(lengths: list[int], batch_size: int, budget: int) -> list[list[int]]:
+    """Indices of rows grouped into batches of similar length (characters of a text, items of a token list).
 
     Sorted by length, so each batch pads little; a batch takes the most rows that stay within batch_size
-    rows and budget_chars (rows x longest), rounded down to one of batch_sizes(): batches of long texts get
-    smaller (bounded memory), short texts fill whole batches, and the model sees few distinct batch shapes.
+    rows and budget (rows x longest), rounded down to one of batch_sizes(): batches of long rows get
+    smaller (bounded memory), short rows fill whole batches, and the model sees few distinct batch shapes.
     Returned in length order.
     """
-    order = sorted(range(len(values)), key=lambda i: len(values[i]))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     sizes = batch_sizes(batch_size)
     batches, start = [], 0
     while start < len(order):
         fits = 1
         for n in range(2, min(batch_size, len(order) - start) + 1):
-            if n * max(len(values[order[start + n - 1]]), 1) > budget_chars:  # sorted: the last is the longest
+            if n * max(lengths[order[start + n - 1]], 1) > budget:  # sorted: the last is the longest
                 break
             fits = n
         take = next(size for size in sizes if size <= fits)
@@ -257,19 +279,33 @@ def text_batches(values: list[str], batch_size: int, budget_chars: int) -> list[
 
 
 def embed_isolating_failures(model: EmbeddingModel, inputs, on_failure) -> list[tuple[list[int], np.ndarray]]:
-    """Embed a batch; if it fails, bisect to isolate the rows that fail and report them to on_failure."""
+    """Embed a batch; if it fails, bisect to isolate the rows that fail and report them to on_failure.
+
+    inputs: a list of texts, an image array, or {input name: array} (each array's first axis is the rows).
+    """
+    rows = _row_count(inputs)
     try:
-        return [(list(range(len(inputs))), model.embed(inputs))]
+        return [(list(range(rows)), model.embed(inputs))]
     except Exception as exc:  # TF's errors vary; a bad row must not fail the job
-        if len(inputs) == 1:
+        if rows == 1:
             on_failure(0, exc)
             return []
-    middle = len(inputs) // 2
+    middle = rows // 2
     results = []
-    for offset, part in ((0, inputs[:middle]), (middle, inputs[middle:])):
+    for offset, part in ((0, _rows(inputs, 0, middle)), (middle, _rows(inputs, middle, rows))):
         def shifted(i, exc, offset=offset):
             on_failure(i + offset, exc)
 
         for indices, vectors in embed_isolating_failures(model, part, shifted):
             results.append(([i + offset for i in indices], vectors))
     return results
+
+
+def _row_count(inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def _rows(inputs, start: int, stop: int):
+    if isinstance(inputs, dict):
+        return {name: value[start:stop] for name, value in inputs.items()}
+    return inputs[start:stop]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from hubbeam.errors import HubbeamError
@@ -40,6 +41,13 @@ class EmbedJob:
     text_column: str = _option("text", help="text field (default: text)")
     image_column: str = _option("image", help="binary image column in Parquet (default: image)")
     keep_columns: list[str] = _option(list, help="comma-separated input columns copied to the output")
+    input_map: str | None = _option(None, metavar="INPUT=COLUMN,...",
+                                    help="a signature with several inputs (e.g. --signature tokens), fed from "
+                                         "Parquet/JSONL columns: which column feeds each input (default: the "
+                                         "column of the input's name; list columns are padded to each batch's "
+                                         "longest). A length input may be INPUT=len(COLUMN), the length of a list "
+                                         "column; it is that by default where its column is absent or null and "
+                                         "the signature has one list input")
     signature: str | None = _option(None, help="module signature (default: 'default')")
     output_key: str | None = _option(None, help="named output (default: 'default')")
     sha256: str | None = _option(None, help="pin the module's sha256 (archive or tree digest)")
@@ -70,6 +78,8 @@ class EmbedJob:
             raise HubbeamError(f"--num-shards must be 0 (the runner decides) or positive (got {self.num_shards})")
         if self.image_size is not None:
             parse_image_size(self.image_size)
+        if self.input_map is not None:
+            parse_input_map(self.input_map)
         if self.seq_length is not None and not self.preprocessor:
             raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")
         self.output = self.output.rstrip("/") or "/"
@@ -92,6 +102,25 @@ def parse_image_size(text) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1 or max(size) > 8192:
         raise HubbeamError(f"--image-size must be HEIGHT,WIDTH in pixels, e.g. 224,224 (got {text!r})")
     return size
+
+
+LENGTH_OF = re.compile(r"^len\((.+)\)$")  # INPUT=len(COLUMN): the length of a list column
+
+
+def parse_input_map(text) -> dict[str, str]:
+    """"tokens=words,sequence_len=len(words)" (or a dict from Python callers) -> {input: column expression}."""
+    if isinstance(text, dict):
+        pairs = [(str(k), str(v)) for k, v in text.items()]
+    else:
+        pairs = [tuple(p.strip() for p in item.split("=", 1)) for item in str(text).split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+        raise HubbeamError(f"--input-map must be INPUT=COLUMN pairs separated by commas, e.g. "
+                           f"tokens=words,sequence_len=len(words) (got {text!r})")
+    names = [name for name, _ in pairs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise HubbeamError(f"--input-map names input {', '.join(repeated)} more than once")
+    return dict(pairs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import NamedTuple
 
 
 class Row(NamedTuple):
-    """One input row that passed reading: value is str (text) or bytes (image)."""
+    """One input row that passed reading: value is str (text), bytes (image) or {input name: value} (tensors)."""
 
     id: str
     source: str
@@ -37,7 +38,14 @@ UNDECODABLE_IMAGE = "undecodable_image"
 UNREADABLE_FILE = "unreadable_file"
 UNSUPPORTED_FILE = "unsupported_file"
 EMBEDDING_FAILED = "embedding_failed"
+# Multi-input signatures fed from columns (hubbeam.pipeline.inputs.Tensors):
+MISSING_INPUT = "missing_input"        # the column feeding an input is absent or null
+INVALID_INPUT = "invalid_input"        # a value of the wrong type or shape for its input
+EMPTY_INPUT = "empty_input"            # an empty list
 
 
 def content_sha256(value) -> str:
+    """Of the text, the image bytes, or a tensors row's {input: value} as canonical JSON."""
+    if isinstance(value, dict):
+        value = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value).hexdigest()

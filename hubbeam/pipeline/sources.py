@@ -2,6 +2,7 @@
 
 Text: Parquet, JSONL, CSV/TSV (header row), plain text (one line = one row, id = FILE:LINE).
 Images: image files (one file = one row, id = the path) or Parquet with a binary column.
+Several inputs (a signature such as TF1 Hub's `tokens`): named Parquet or JSONL columns, lists or values.
 Each file is read by one worker; rows leave in chunks so the embedding stage can sort and batch them.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ class InputFormat:
 
     name: str
     suffixes: tuple[str, ...]
-    feeds: frozenset[str]  # input kinds: "text", "image"
+    feeds: frozenset[str]  # input kinds: "text", "image", "tensors"
     read: Callable[[RowReader, str, object], Iterator]
 
 
@@ -38,7 +39,7 @@ class InputFormat:
 class InputSpec:
     """How to turn files into rows."""
 
-    kind: str  # "text" or "image": what the module takes
+    kind: str  # "text", "image" or "tensors": what the module takes
     format: str = "auto"
     id_column: str = "id"
     text_column: str = "text"
@@ -47,6 +48,7 @@ class InputSpec:
     chunk_rows: int = CHUNK_ROWS
     max_text_chars: int = MAX_TEXT_CHARS
     max_value_bytes: int = 32 * 1024 * 1024
+    tensors: tuple = ()  # "tensors": a hubbeam.pipeline.inputs.TensorFeed per input of the signature
 
     def format_of(self, path: str) -> str | None:
         if self.format != "auto":
@@ -171,16 +173,18 @@ class RowReader:
 
         parquet = pq.ParquetFile(handle)
         names = set(parquet.schema_arrow.names)
-        value_column = input_kind(self.spec.kind).value_column(self.spec)
-        wanted = [c for c in dict.fromkeys([self.spec.id_column, value_column, *self.spec.keep_columns]) if c in names]
+        kind = input_kind(self.spec.kind)
+        required = kind.required_column(self.spec)
+        wanted = [c for c in dict.fromkeys([self.spec.id_column, *kind.read_columns(self.spec),
+                                            *self.spec.keep_columns]) if c in names]
         index = 0
         for batch in parquet.iter_batches(batch_size=self.spec.chunk_rows, columns=wanted):
             for record in batch.to_pylist():
                 index += 1
-                if value_column not in names:
+                if required is not None and required not in names:
                     yield R.Rejected(f"{path}:{index}" if record.get(self.spec.id_column) is None
                                      else str(record[self.spec.id_column]), path, R.MISSING_TEXT,
-                                     f"no column {value_column!r} in this file")
+                                     f"no column {required!r} in this file")
                     continue
                 yield self._record(path, index, record)
 
@@ -189,8 +193,8 @@ class RowReader:
 
 
 FORMATS: dict[str, InputFormat] = {f.name: f for f in (
-    InputFormat("parquet", (".parquet", ".pq"), frozenset({"text", "image"}), RowReader._read_parquet),
-    InputFormat("jsonl", (".jsonl", ".ndjson", ".json"), frozenset({"text"}), RowReader._read_jsonl),
+    InputFormat("parquet", (".parquet", ".pq"), frozenset({"text", "image", "tensors"}), RowReader._read_parquet),
+    InputFormat("jsonl", (".jsonl", ".ndjson", ".json"), frozenset({"text", "tensors"}), RowReader._read_jsonl),
     InputFormat("csv", (".csv", ".tsv"), frozenset({"text"}), RowReader._read_csv),
     InputFormat("txt", (".txt", ".text"), frozenset({"text"}), RowReader._read_txt),
     InputFormat("image", IMAGE_SUFFIXES, frozenset({"image"}), RowReader._read_image),

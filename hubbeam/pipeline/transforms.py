@@ -1,4 +1,4 @@
-"""Beam transforms: EmbedText / EmbedImages for any pipeline, and the reading step of hubbeam's own job.
+"""Beam transforms: EmbedText / EmbedImages / EmbedTensors for any pipeline, and the reading step of hubbeam's own job.
 
 Why a DoFn and not RunInference: the embedding step needs (1) length-aware batching *inside* a chunk of
 rows — RunInference's BatchElements is blind to text length, so batches of mixed lengths pad to the
@@ -303,7 +303,14 @@ class EmbedImages(_Embed):
     kind = "image"
 
 
-EMBED = {EmbedText.kind: EmbedText, EmbedImages.kind: EmbedImages}  # the transform for each input kind
+class EmbedTensors(_Embed):
+    """PCollection of Row or (id, {input: value}) -> `embeddings` and `rejected`, for a signature with several
+    inputs (lists are padded to each batch's longest); as EmbedText."""
+
+    kind = "tensors"
+
+
+EMBED = {t.kind: t for t in (EmbedText, EmbedImages, EmbedTensors)}  # the transform for each input kind
 
 
 def _describe(loader: ModelLoader, kind: str):
