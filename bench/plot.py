@@ -30,6 +30,8 @@ def newest(entries: list[dict]) -> dict[str, dict]:
         key = f"{entry['suite']}: {module}"
         if entry["suite"] == "images":  # run at more than one size: one panel each
             key += f", {entry['images']:,} files"
+        if entry["suite"] == "pair":  # a short-text and a long-text corpus: one panel each
+            key = f"pair: {Path(entry['preprocessor']).name} + {module}, {entry['corpus']} texts"
         panels[key] = entry
     return panels
 

@@ -38,15 +38,19 @@ def _paragraphs() -> list[str]:
     return sorted(set(cleaned))
 
 
-def make_rows(n: int, seed: int = 0) -> list[dict]:
+def make_rows(n: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[dict]:
+    """n rows in MIX's proportions; with kinds, only those kinds (their shares rescaled), so a benchmark can
+    time short and long texts apart (the default rows do not change)."""
+    mix = [(kind, share) for kind, share in MIX if kinds is None or kind in kinds]
+    total = sum(share for _, share in mix)
     paragraphs = _paragraphs()
     words_of = [p.split() for p in paragraphs]
     sentences = [s for p in paragraphs for s in re.split(r"(?<=[.!?])\s+", p) if 15 <= len(s.split()) <= 35]
     long = [p for p, w in zip(paragraphs, words_of) if 110 <= len(w) <= 190]  # ~150–250 WordPiece tokens
     rng = random.Random(seed)
     rows = []
-    for kind, share in MIX:
-        for _ in range(round(n * share)):
+    for kind, share in mix:
+        for _ in range(round(n * share / total)):
             if kind == "query":
                 words = rng.choice(words_of)
                 start = rng.randrange(max(len(words) - 8, 1))
@@ -60,9 +64,10 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"id": f"row-{i:07d}", **row} for i, row in enumerate(rows[:n])]
 
 
-def write_corpus(out: Path, n: int, shards: int = 4, seed: int = 0) -> list[Path]:
+def write_corpus(out: Path, n: int, shards: int = 4, seed: int = 0,
+                 kinds: tuple[str, ...] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    rows = make_rows(n, seed)
+    rows = make_rows(n, seed, kinds)
     paths = []
     for shard in range(shards):
         path = out / f"part-{shard:05d}.jsonl"
