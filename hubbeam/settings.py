@@ -108,6 +108,18 @@ GCS_TOKEN = Setting("HUBBEAM_GCS_TOKEN", "the GCS token instead of Google defaul
 STORAGE_EMULATOR_HOST = Setting("STORAGE_EMULATOR_HOST", "a GCS emulator (Google's own variable): hubbeam, "
                                 "gcsfs and Beam then connect anonymously", blank_is_unset=False)
 
+REQUESTS_CA_BUNDLE = Setting("REQUESTS_CA_BUNDLE", "a PEM file of the CAs https:// handles are checked against "
+                             "(requests' own variable; else CURL_CA_BUNDLE, SSL_CERT_FILE, certifi's bundle)")
+CURL_CA_BUNDLE = Setting("CURL_CA_BUNDLE", "as REQUESTS_CA_BUNDLE (requests reads it too)")
+SSL_CERT_FILE = Setting("SSL_CERT_FILE", "OpenSSL's CA file variable, honoured for https:// handles when neither "
+                        "REQUESTS_CA_BUNDLE nor CURL_CA_BUNDLE is set (requests alone would ignore it)")
+
+
+def ca_bundle() -> str | bool:
+    """What requests should verify https:// against: the first CA file named, else True (certifi)."""
+    return REQUESTS_CA_BUNDLE.get() or CURL_CA_BUNDLE.get() or SSL_CERT_FILE.get() or True
+
+
 # --- images (hubbeam.images) ---------------------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = Setting("HUBBEAM_MAX_IMAGE_PIXELS", "largest image accepted, pixels (checked from the header)",
                            default="64000000", parse=int, blank_is_unset=False)

@@ -215,13 +215,17 @@ def served(request):
 
 # --- https over real TLS ------------------------------------------------------------------------------------------
 
-def test_https_handle_from_a_server_whose_ca_is_trusted_through_requests_ca_bundle(pki, served, hub_module,
-                                                                                  monkeypatch):
-    """A private CA is trusted the way README says (REQUESTS_CA_BUNDLE), over a real TLS handshake."""
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_https_handle_from_a_server_whose_ca_is_trusted_through_a_ca_file_variable(variable, pki, served, hub_module,
+                                                                                    monkeypatch):
+    """A private CA is trusted the way README says (REQUESTS_CA_BUNDLE, or OpenSSL's SSL_CERT_FILE, which
+    requests alone ignores), over a real TLS handshake."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
     server = served(pki.cert, pki.key)
     server.scripts["/m/wordvec.tar.gz"] = [Reply(body=hub_module.tar_bytes)]
     url = server.url("/m/wordvec.tar.gz")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca))
+    monkeypatch.setenv(variable, str(pki.ca))
     path = hubbeam.resolve(f"{url}#sha256={hub_module.archive_sha256}")
     assert (Path(path) / "saved_model.pb").read_bytes() == (hub_module.folder / "saved_model.pb").read_bytes()
     assert len(server.hits("/m/wordvec.tar.gz")) == 1
@@ -237,6 +241,7 @@ def test_https_certificate_that_does_not_verify_is_refused_at_once(pki, served, 
         server = served(pki.cert, pki.key)
         monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
         monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     server.scripts["/m/wordvec.tar.gz"] = [Reply(body=hub_module.tar_bytes)]
     url = server.url("/m/wordvec.tar.gz")
     with pytest.raises(FetchError) as info:

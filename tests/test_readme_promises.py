@@ -135,3 +135,33 @@ def test_a_row_with_more_fields_than_the_header_is_an_invalid_csv_dead_letter(tm
     rejected = pq.read_table(tmp_path / "out" / manifest["outputs"]["rejected"][0]["file"]).to_pylist()
     assert [(r["id"], r["error"]) for r in rejected] == [(f"{tmp_path / 'in.csv'}:3", "more fields than header columns")]
     assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"]
+
+
+def test_unreadable_files_are_dead_letters_after_the_rows_read_before_the_damage(tmp_path, tiny_wordvec_module):
+    """A .parquet that is not Parquet (this crashed the job), and one whose second row group's page header is
+    overwritten: its first row group is embedded, then the file is one unreadable_file dead letter."""
+    import pyarrow as pa
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "not.parquet").write_bytes(b"this is not a parquet file")
+    damaged = tmp_path / "in" / "damaged.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["the cat", "the mat", "sat on", "a dog"]}), damaged,
+                   row_group_size=2, compression="none")
+    metadata = pq.ParquetFile(damaged).metadata
+    offset = min(metadata.row_group(1).column(j).data_page_offset for j in range(2))
+    data = bytearray(damaged.read_bytes())
+    data[offset:offset + 16] = b"\xff" * 16
+    damaged.write_bytes(bytes(data))
+
+    result = hubbeam_cli("embed", "--input", f"{tmp_path}/in/*.parquet", "--output", tmp_path / "out", "--module",
+                         tiny_wordvec_module, "--chunk-rows", "2", "--batch-size", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["rows_embedded"] == 2 and manifest["rejected_by_reason"] == {"unreadable_file": 2}, manifest
+    assert manifest["rows_read"] == manifest["rows_embedded"] + manifest["rows_rejected"]
+    assert sorted(read_embeddings(str(tmp_path / "out"))[0]) == ["a", "b"]
+    rejected = {r["id"].rsplit("/", 1)[-1]: r["error"] for r in
+                pq.read_table(tmp_path / "out" / manifest["outputs"]["rejected"][0]["file"]).to_pylist()}
+    assert rejected["not.parquet"].startswith("not a readable Parquet file: Parquet magic bytes not found")
+    assert rejected["damaged.parquet"].startswith("cannot read file: ") and "page header" in rejected["damaged.parquet"]
+    assert all("\n" not in error for error in rejected.values())

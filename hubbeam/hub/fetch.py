@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from hubbeam import storage
+from hubbeam import settings, storage
 from hubbeam.errors import FetchError, IntegrityError, StorageError
 from hubbeam.hub.allowlist import check_allowed
 from hubbeam.hub.archive import max_extract_bytes
@@ -112,7 +112,7 @@ def download_http(handle: Handle, dest: Path, url: str | None = None) -> str:
             # Not transient: the same certificate fails the same way on every attempt.
             reason = _root_cause(exc).split("certificate verify failed: ", 1)[-1].split(" (_ssl.c", 1)[0]
             raise FetchError(f"could not download {handle.display}: its TLS certificate does not verify ({reason}); "
-                             f"if you trust its CA, name a PEM file of it in REQUESTS_CA_BUNDLE") from None
+                             f"if you trust its CA, name a PEM file of it in REQUESTS_CA_BUNDLE (or SSL_CERT_FILE)") from None
         except requests.exceptions.ConnectionError as exc:
             last_error = f"cannot connect ({_root_cause(exc)})"
         except requests.exceptions.Timeout:
@@ -143,7 +143,8 @@ def _get_following_allowed_redirects(handle: Handle, url: str | None = None):
     else:
         check_allowed(url, what=f"download of {handle.display} from")
     for _ in range(MAX_REDIRECTS + 1):
-        response = requests.get(url, stream=True, timeout=storage.timeouts(), allow_redirects=False)
+        response = requests.get(url, stream=True, timeout=storage.timeouts(), allow_redirects=False,
+                                verify=settings.ca_bundle())
         if not response.is_redirect:
             return response
         target = urllib.parse.urljoin(url, response.headers["Location"])

@@ -83,7 +83,8 @@ class RowReader:
             with opener() as handle:
                 yield from FORMATS[fmt].read(self, path, handle)
         except OSError as exc:
-            yield R.Rejected(path, path, R.UNREADABLE_FILE, f"cannot read file: {exc}")
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            yield R.Rejected(path, path, R.UNREADABLE_FILE, f"cannot read file: {message[:500]}")
 
     # values ------------------------------------------------------------------------------------
     def text_row(self, row_id: str, path: str, value, extras: dict):
@@ -169,6 +170,17 @@ class RowReader:
             yield self._record(path, number, record)
 
     def _read_parquet(self, path, handle):
+        """Rows of a Parquet file; a file pyarrow cannot read (not Parquet, truncated, a corrupt page) is one
+        unreadable_file dead letter, after the rows read before the damage."""
+        import pyarrow as pa
+
+        try:
+            yield from self._parquet_rows(path, handle)
+        except pa.ArrowException as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            yield R.Rejected(path, path, R.UNREADABLE_FILE, f"not a readable Parquet file: {message[:500]}")
+
+    def _parquet_rows(self, path, handle):
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(handle)
