@@ -165,3 +165,24 @@ def test_unreadable_files_are_dead_letters_after_the_rows_read_before_the_damage
     assert rejected["not.parquet"].startswith("not a readable Parquet file: Parquet magic bytes not found")
     assert rejected["damaged.parquet"].startswith("cannot read file: ") and "page header" in rejected["damaged.parquet"]
     assert all("\n" not in error for error in rejected.values())
+
+
+def test_search_refuses_a_shard_written_by_another_module(tmp_path, tiny_wordvec_module):
+    """README: the module digest is checked against the manifest *and each shard's* hubbeam.module_sha256."""
+    import pytest
+
+    from hubbeam.errors import HubbeamError
+    from hubbeam.pipeline.job import EmbedJob, run_embed
+
+    (tmp_path / "in.jsonl").write_text("".join(f'{{"id": "r{i}", "text": "the cat number {i}"}}\n' for i in range(6)))
+    out = tmp_path / "out"
+    manifest = run_embed(EmbedJob(input=str(tmp_path / "in.jsonl"), output=str(out), module=str(tiny_wordvec_module),
+                                  num_shards=2))
+    assert len(hubbeam.search(str(out), str(tiny_wordvec_module), query="the cat", k=6)) == 6
+    shard = out / manifest["outputs"]["embeddings"][-1]["file"]
+    table = pq.read_table(shard)
+    other = {**table.schema.metadata, b"hubbeam.module_sha256": b"0" * 64}
+    pq.write_table(table.replace_schema_metadata(other), shard)
+    with pytest.raises(HubbeamError, match=rf"{shard} was written by module sha256 0{{64}}, but {out}'s manifest "
+                                           rf"names sha256 {manifest['module']['sha256']}; the folder is inconsistent"):
+        hubbeam.search(str(out), str(tiny_wordvec_module), query="the cat", k=6)

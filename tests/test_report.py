@@ -140,3 +140,43 @@ def test_a_rerun_withdraws_the_old_report(tmp_path):
     (tmp_path / "_SUCCESS").write_text("")
     prepare_output_dir(str(tmp_path))
     assert not (tmp_path / REPORT).exists() and not (tmp_path / "_SUCCESS").exists()
+
+
+def test_neighbours_equal_brute_force_and_hover_texts_stop_at_50_source_files(tmp_path, tiny_wordvec_module):
+    """README: the neighbour tables are the exact k nearest by cosine over all embeddings; hover texts re-read at
+    most 50 source files (and the page says how many more held sampled rows)."""
+    import html
+
+    import numpy as np
+
+    from hubbeam.inspection.report import HOVER_SOURCE_FILES, build_report
+    from hubbeam.pipeline.output import read_embeddings
+
+    words = ["cat", "mat", "sat", "the", "on", "dog", "log", "fog", "bat", "hat", "rat"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    files = HOVER_SOURCE_FILES + 5
+    for i in range(files):  # one row per file, each text unique and findable: "cat mat zq17x"
+        (corpus / f"f{i:02d}.txt").write_text(f"{words[i % 11]} {words[(i * 7) % 11]} zq{i}x\n")
+    out = tmp_path / "out"
+    run_embed(EmbedJob(input=f"{corpus}/*.txt", output=str(out), module=str(tiny_wordvec_module)))
+
+    page = build_report(str(out), examples=6, neighbours=4, seed=3)
+    ids, matrix = read_embeddings(str(out))
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    blocks = re.findall(r"<div class=neighbours><p class=query><code>(.*?)</code>.*?</table></div>", page, re.S)
+    assert len(blocks) == 6
+    for block in re.findall(r"<div class=neighbours>.*?</table></div>", page, re.S):
+        query = html.unescape(re.search(r"<p class=query><code>(.*?)</code>", block).group(1))
+        listed = [(float(s), html.unescape(i)) for s, i in
+                  re.findall(r"<td class=num>([\d.-]+)</td><td><code>(.*?)</code>", block)]
+        scores = unit @ unit[ids.index(query)]
+        expected = sorted((float(scores[j]) for j in range(len(ids)) if ids[j] != query), reverse=True)[:4]
+        np.testing.assert_allclose([s for s, _ in listed], expected, atol=6e-4)
+        for score, neighbour in listed:  # each listed row really has that cosine to the query
+            assert neighbour != query and abs(scores[ids.index(neighbour)] - score) < 6e-4
+
+    hover_only = build_report(str(out), examples=0)  # no neighbour tables: texts on the page come from hovers
+    shown = [i for i in range(files) if f"zq{i}x" in hover_only]
+    assert len(shown) == HOVER_SOURCE_FILES, len(shown)
+    assert f"({files - HOVER_SOURCE_FILES} more hold sampled rows)" in hover_only
