@@ -130,6 +130,29 @@ def test_dags_define_assets_retries_and_schedule(dagbag):
     assert extraction.get_task("extract_text").retry_exponential_backoff
 
 
+@pytest.mark.parametrize("dag_id, start, days", [("corpus_extraction", "2026-11-19T00:00:00+00:00", 1),
+                                                 ("finetune_export_module", "2026-11-15T03:00:00+00:00", 7)])
+def test_schedules_are_the_readmes_daily_and_weekly_intervals(dagbag, dag_id, start, days):
+    """README's table: extraction runs on daily data intervals, fine-tune -> publish weekly (Sunday 03:00 UTC).
+    The scheduler's own question is asked: the interval after one that ended on 2026-11-20 (a Friday)."""
+    import pendulum
+    from airflow.timetables.base import DataInterval, TimeRestriction
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    dag = dagbag.dags[dag_id]
+    assert not dag.catchup
+    # The DAG file declares the SDK's timetable; the scheduler runs core's equivalent of the same declaration.
+    timetable = CronDataIntervalTimetable(dag.timetable.expression, dag.timetable.timezone)
+    previous_end = pendulum.parse(start)
+    previous = DataInterval(previous_end.subtract(days=days), previous_end)
+    following = timetable.next_dagrun_info(last_automated_data_interval=previous,
+                                               restriction=TimeRestriction(dag.start_date, None, catchup=True))
+    interval = following.data_interval
+    assert interval.start == previous_end and interval.end == previous_end.add(days=days)
+    if days == 7:
+        assert interval.end.day_of_week == pendulum.SUNDAY and (interval.end.hour, interval.end.minute) == (3, 0)
+
+
 def test_extract_then_embed_incrementally(dagbag, workspace, tiny_wordvec_module, wordvec_module):
     ws = workspace
     extract(dagbag, ws, D1)
