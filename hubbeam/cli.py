@@ -118,7 +118,10 @@ def _cmd_encode(args) -> int:
         if not args.text:
             raise HubbeamError("give some text to encode, or --image FILE …")
         if embedder.input_kind != "text":
-            raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not text")
+            from hubbeam.hub.pair import preprocessor_hint
+
+            raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not text"
+                               f"{preprocessor_hint(embedder.metadata)}")
         labels = inputs = list(args.text)
     vectors = np.asarray(embedder(inputs), dtype=np.float32)
     if args.json:

@@ -257,8 +257,12 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     described = loaded.description
     kind = described.input_kind
     if kind not in INPUT_KINDS:
+        from hubbeam.hub.metadata import read_metadata
+        from hubbeam.hub.pair import preprocessor_hint
+
+        hint = preprocessor_hint(read_metadata(described.path) or {}) if described.path else ""
         raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes several inputs "
-                           f"({', '.join(described.input_names)}); hubbeam embed needs one text or image input")
+                           f"({', '.join(described.input_names)}); hubbeam embed needs one text or image input{hint}")
     job_image_size(job, described)  # a dynamic-size module without --image-size fails here, before any work
     spec = InputSpec(kind=kind, format=job.input_format)
     usable = [f for f in files if file_format_error(spec, spec.format_of(f)) is None]
