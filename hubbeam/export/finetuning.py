@@ -359,7 +359,7 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
     data = _read_data(train, eval_file, column, label_column, kind, eval_fraction, seed)
     resolved = resolve_module(module)  # before TensorFlow: a wrong handle fails fast
     if preprocessor is not None:
-        resolve_module(preprocessor)
+        resolve_module(preprocessor)  # the same for the preprocessor (loaded later from the cache)
     base = _open_module(resolved, kind, allow_unsafe_ops, preprocessor, seq_length)
     x_train, x_eval = _as_array(data.train, kind, base.image_size), _as_array(data.eval, kind, base.image_size)
     index = {str(c): i for i, c in enumerate(data.classes)}
