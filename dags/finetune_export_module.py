@@ -1,10 +1,10 @@
 """finetune_export_module: fine-tune a module on labelled data; publish it only if it beats the published one.
 
-finetune (the encoder under a small head, trainable=True; exported with its updated weights) -> decide
-(compare the eval metric with the latest published version's) -> publish (pack and publish NAME/VERSION to
-the module store through a storage connection; emits the module asset). VERSION is the data interval's end
-date, so a re-run of an interval finds its version published and changes nothing. Thin wiring only: the work
-is in hubbeam.export and hubbeam.orchestration.release.
+finetune (the encoder under a small head, trainable=True — behind its frozen preprocessor for a pair —
+exported with its updated weights) -> decide (compare the eval metric with the latest published version's)
+-> publish (pack and publish NAME/VERSION to the module store through a storage connection; emits the module
+asset). VERSION is the data interval's end date, so a re-run of an interval finds its version published and
+changes nothing. Thin wiring only: the work is in hubbeam.export and hubbeam.orchestration.release.
 """
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ with DAG(
     default_args=support.STORAGE_RETRIES,
     params={
         "base_module": Param(support.default_finetune_module(), type="string", minLength=1),
+        "preprocessor": Param(None, type=["null", "string"],
+                              description="a TF Hub BERT-style preprocessor: base_module is then its encoder, "
+                                          "fine-tuned behind it; only the encoder is published"),
+        "seq_length": Param(None, type=["null", "integer"], minimum=3, maximum=512,
+                            description="with preprocessor: the most word pieces a text is packed to"),
         "train": Param(layout.training_data(), type="string", minLength=1,
                        description="CSV, JSONL or Parquet with an input column and a label column"),
         "eval": Param("", type="string", description="evaluation file; empty: a stratified 20% of train"),
@@ -67,7 +72,8 @@ with DAG(
                                   eval_file=params["eval"] or None, text_column=params["text_column"],
                                   image_column=params["image_column"], epochs=params["epochs"],
                                   name=params["name"] or None, version=_version(),
-                                  allow_unsafe_ops=params["allow_unsafe_ops"])
+                                  allow_unsafe_ops=params["allow_unsafe_ops"],
+                                  preprocessor=params["preprocessor"] or None, seq_length=params["seq_length"])
         return result.report.as_dict()  # XCom carries JSON
 
     @task.short_circuit

@@ -118,7 +118,10 @@ def _cmd_encode(args) -> int:
         if not args.text:
             raise HubbeamError("give some text to encode, or --image FILE …")
         if embedder.input_kind != "text":
-            raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not text")
+            from hubbeam.hub.pair import preprocessor_hint
+
+            raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not text"
+                               f"{preprocessor_hint(embedder.metadata)}")
         labels = inputs = list(args.text)
     vectors = np.asarray(embedder(inputs), dtype=np.float32)
     if args.json:
@@ -183,8 +186,13 @@ def _cmd_finetune(args) -> int:
                       text_column=args.text_column, image_column=args.image_column, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                       eval_fraction=args.eval_fraction, name=args.name, version=args.module_version,
-                      allow_unsafe_ops=args.allow_unsafe_ops)
+                      allow_unsafe_ops=args.allow_unsafe_ops, preprocessor=args.preprocessor,
+                      seq_length=args.seq_length)
     print(json.dumps(result.report.as_dict(), indent=2))
+    if args.preprocessor:  # stderr: stdout is the JSON report
+        print(f"hubbeam: the encoder was fine-tuned behind preprocessor {args.preprocessor}, which is not "
+              f"exported: embed with `hubbeam embed --preprocessor {args.preprocessor} --module {args.out} …`",
+              file=sys.stderr)
     return 0
 
 
@@ -248,10 +256,21 @@ def _add_module_commands(sub, handle_help: str) -> None:
                     "export the fine-tuned encoder (not the head) as a new module. Data: CSV/TSV, JSONL or Parquet "
                     "with an input column (text, or image file paths relative to the file) and a label column. "
                     "Prints a JSON report with the eval accuracy of a frozen-encoder baseline (linear head) and "
-                    "of the fine-tuned model; the same summary goes into the module's metadata.",
-        epilog="example: hubbeam finetune --module build/modules/minilm --train reviews.csv --label-column "
-               "sentiment --out build/minilm-reviews")
-    p.add_argument("--module", required=True, help=handle_help)
+                    "of the fine-tuned model; the same summary goes into the module's metadata. With "
+                    "--preprocessor, --module is the encoder of a TF Hub BERT-style pair: the frozen preprocessor "
+                    "feeds the trainable encoder, and only the encoder is exported (same inputs and outputs, new "
+                    "weights); the preprocessor's handle and sha256 go into its metadata and the report. Embed "
+                    "with the result as with the original pair: hubbeam embed --preprocessor PRE --module OUT.",
+        epilog="examples: hubbeam finetune --module build/modules/minilm --train reviews.csv --label-column "
+               "sentiment --out build/minilm-reviews; hubbeam finetune --preprocessor "
+               "build/modules/minilm-preprocess --module build/modules/minilm-encoder --seq-length 64 --train "
+               "reviews.csv --label-column sentiment --out build/encoder-reviews")
+    p.add_argument("--module", required=True, help=handle_help + " (with --preprocessor: the encoder)")
+    p.add_argument("--preprocessor", metavar="HANDLE",
+                   help="a TF Hub BERT-style preprocessor for --module (an encoder): kept frozen, not exported")
+    p.add_argument("--seq-length", type=int,
+                   help="with --preprocessor: the most word pieces a text is packed to (default: the "
+                        "preprocessor's, 128); each batch packs only to what its longest text needs")
     p.add_argument("--train", required=True, metavar="FILE", help="training data (.csv, .tsv, .jsonl, .parquet)")
     p.add_argument("--label-column", required=True, metavar="COLUMN", help="column holding the class labels")
     p.add_argument("--eval", metavar="FILE", help="evaluation data (default: a stratified share of --train)")

@@ -31,17 +31,19 @@ def cosine(a, b):
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
-def embed_in_fresh_process(module: Path, inputs) -> np.ndarray:
-    """Load the module in a new interpreter (nothing shared with this one) and embed inputs there."""
+def embed_in_fresh_process(module: Path, inputs, preprocessor: Path | None = None) -> np.ndarray:
+    """Load the module (behind preprocessor, if given) in a new interpreter (nothing shared with this one) and
+    embed inputs there."""
     payload = Path(module).parent / "fresh-inputs.json"
     payload.write_text(json.dumps(np.asarray(inputs).tolist() if not isinstance(inputs, list) else inputs))
     code = ("import json, sys, numpy as np, hubbeam\n"
             "inputs = json.load(open(sys.argv[2]))\n"
-            "embedder = hubbeam.load(sys.argv[1])\n"
+            "embedder = hubbeam.load(sys.argv[1], preprocessor=(sys.argv[3:] or [None])[0])\n"
             "data = inputs if embedder.input_kind == 'text' else np.asarray(inputs, np.float32)\n"
             "print(json.dumps(np.asarray(embedder(data), np.float64).tolist()))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(module), str(payload)], capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=300)
+    extra = [str(preprocessor)] if preprocessor else []
+    out = subprocess.run([sys.executable, "-c", code, str(module), str(payload), *extra], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=300)
     assert out.returncode == 0, out.stderr
     return np.array(json.loads(out.stdout.strip().splitlines()[-1]))
 

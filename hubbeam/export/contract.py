@@ -5,6 +5,7 @@ What must hold (what `hub.KerasLayer` and hubbeam's loader rely on):
 - the folder loads with `hub.load` and with `hub.KerasLayer`;
 - `__call__(inputs, training)` is traced for training=False and training=True, and the module keeps
   `variables`, `trainable_variables` and `regularization_losses` (each regularization loss a scalar);
+  `inputs` is one tensor, or a dict of them (TF Hub's BERT encoders take input_word_ids, input_mask, …);
 - on sample input, `__call__`, `hub.KerasLayer` and the primary signature's `default` output agree, and
   every signature reproduces the in-memory function it was exported from (the `references`);
 - `trainable_variables` is non-empty when the source had trainable weights (require_trainable), and
@@ -81,7 +82,8 @@ def compare_outputs(got, want, what: str) -> float:
 
 
 def call_traces(obj) -> tuple[set, Any]:
-    """(training values __call__ was traced for, the input spec of its training=False trace)."""
+    """(training values __call__ was traced for, the input spec of its training=False trace: a TensorSpec, or
+    a dict of them)."""
     concrete = list(getattr(getattr(obj, "__call__", None), "concrete_functions", []) or [])
     trainings, spec = set(), None
     for fn in concrete:
@@ -89,9 +91,34 @@ def call_traces(obj) -> tuple[set, Any]:
         flags = [v for v in (*args, *kwargs.values()) if isinstance(v, bool)]
         trainings.update(flags)
         if False in flags or spec is None:
-            tensors = [a for a in args if hasattr(a, "shape")]
-            spec = tensors[0] if len(tensors) == 1 else spec
+            inputs = [a for a in args if hasattr(a, "shape") or _is_spec_dict(a)]
+            spec = inputs[0] if len(inputs) == 1 else spec
     return trainings, spec
+
+
+def _is_spec_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(hasattr(v, "shape") for v in value.values())
+
+
+def call_input(sample, call_spec):
+    """sample (or input made for call_spec when None) as __call__'s input: a tensor, or a dict of them."""
+    tf = tfenv.tensorflow()
+    if isinstance(call_spec, dict):
+        sample = sample if sample is not None else {k: sample_for(s) for k, s in call_spec.items()}
+        return {k: tf.constant(np.asarray(sample[k]), dtype=s.dtype) for k, s in call_spec.items()}
+    return tf.constant(np.asarray(sample) if sample is not None else sample_for(call_spec), dtype=call_spec.dtype)
+
+
+def feed_from_call(specs: dict, call_spec, x) -> dict | None:
+    """A signature's feed (its input specs by name) from __call__'s input x, where it takes the same input:
+    one tensor of __call__'s dtype and a compatible shape, or the same dict of tensors. None otherwise."""
+    if isinstance(call_spec, dict):
+        same = set(specs) == set(call_spec) and all(specs[k].dtype == call_spec[k].dtype for k in specs)
+        return {k: x[k] for k in specs} if same else None
+    if len(specs) != 1:
+        return None
+    arg, spec = next(iter(specs.items()))
+    return {arg: x} if spec.dtype == call_spec.dtype and spec.shape.is_compatible_with(x.shape) else None
 
 
 def check_contract(module_dir: str | os.PathLike, *, references: dict[str, Callable] | None = None,
@@ -109,15 +136,13 @@ def check_contract(module_dir: str | os.PathLike, *, references: dict[str, Calla
 
 
 def _check(module_dir, references: dict, primary: str | None, sample, require_trainable: bool) -> dict:
-    tf = tfenv.tensorflow()
     hub = tfenv.tensorflow_hub_and_text()
     try:
         obj = hub.load(str(module_dir))
     except Exception as exc:  # noqa: BLE001 - TF's error types vary; the first line says what broke
         raise ContractError(f"the module does not load with hub.load: {first_line(exc)}") from exc
     call_spec, variables, trainable, losses = _check_reusable(obj, require_trainable)
-    x = np.asarray(sample) if sample is not None else sample_for(call_spec)
-    x_tensor = tf.constant(x, dtype=call_spec.dtype)
+    x_tensor = call_input(sample, call_spec)
     report: dict[str, Any] = {"call_training_traces": [False, True], "variables": len(variables),
                               "trainable_variables": len(trainable), "regularization_losses": losses,
                               "signatures": {}}
@@ -127,7 +152,7 @@ def _check(module_dir, references: dict, primary: str | None, sample, require_tr
     _check_keras_layer(hub, obj, x_tensor, called, trainable, require_trainable)
     report["keras_layer"] = True
     for name, fn in sorted(obj.signatures.items()):
-        report["signatures"][name] = _check_signature(name, fn, references, primary, x, x_tensor, call_spec, called)
+        report["signatures"][name] = _check_signature(name, fn, references, primary, x_tensor, call_spec, called)
     missing_refs = sorted(set(references) - set(obj.signatures) - {"__call__"})
     if missing_refs:
         raise ContractError(f"signatures {missing_refs} were not saved")
@@ -144,7 +169,7 @@ def _check_reusable(obj, require_trainable: bool):
     if trainings != {False, True}:
         raise ContractError(f"__call__ must be traced for training=False and training=True; found {sorted(trainings)}")
     if call_spec is None:
-        raise ContractError("__call__ must take a single input tensor")
+        raise ContractError("__call__ must take a single input: a tensor, or a dict of tensors")
     variables, trainable = list(obj.variables), list(obj.trainable_variables)
     if require_trainable and not trainable:
         raise ContractError("trainable_variables is empty, but the source had trainable weights")
@@ -174,15 +199,14 @@ def _check_keras_layer(hub, obj, x_tensor, called, trainable: list, require_trai
                             f"weights, the module lists {len(trainable)}")
 
 
-def _check_signature(name: str, fn, references: dict, primary: str | None, x, x_tensor, call_spec,
+def _check_signature(name: str, fn, references: dict, primary: str | None, x_tensor, call_spec,
                      called) -> dict:
     """The report entry of one signature, run on the sample input (or input made for its specs)."""
     tf = tfenv.tensorflow()
     specs = fn.structured_input_signature[1]
-    feed = {}
-    for arg, spec in specs.items():
-        same = len(specs) == 1 and spec.dtype == call_spec.dtype and spec.shape.is_compatible_with(x.shape)
-        feed[arg] = x_tensor if same else tf.constant(sample_for(spec), dtype=spec.dtype)
+    feed = feed_from_call(specs, call_spec, x_tensor)
+    if feed is None:
+        feed = {arg: tf.constant(sample_for(spec), dtype=spec.dtype) for arg, spec in specs.items()}
     expected = _try(references[name], feed) if name in references else None
     try:
         got = as_numpy(fn(**feed))

@@ -8,7 +8,12 @@ head):
    named by their text (CSV labels are strings; JSONL/Parquet numbers stay numbers); at least two are needed.
    Evaluation rows come from `eval_file` or, without it, a stratified `eval_fraction` (20%) of the training
    file. All rows are held in memory (images decoded to the module's size): this is for datasets that fit.
-2. Load the module as `hub.KerasLayer(trainable=True)` (it must be a TF2 reusable SavedModel).
+2. Load the module as `hub.KerasLayer(trainable=True)` (it must be a TF2 reusable SavedModel). With a
+   `preprocessor` (a preprocessor + encoder pair in TF Hub's BERT interface, hubbeam.hub.pair), the module is
+   the encoder and is trained behind the frozen preprocessor, as TF Hub's BERT fine-tuning tutorial does:
+   strings -> preprocessor (packing each batch to what its longest text needs, at most `seq_length`) ->
+   `hub.KerasLayer(encoder, trainable=True)` -> its `default` output -> the head. The preprocessor has no
+   weights worth training; it is kept as it is and not exported.
 3. Baseline: a Dense(num_classes) head fitted on the frozen encoder's embeddings (full-batch Adam, lr 1e-2,
    300 steps: a converged linear probe), scored by accuracy on the evaluation rows.
 4. Fine-tune: encoder and that head trained together (`training=True`, so dropout is on) for `epochs`
@@ -19,7 +24,9 @@ head):
    `variables`/`trainable_variables`/`regularization_losses`, and assets such as vocabularies come along),
    with the base's metadata plus `parent` and `finetune`, and a recomputed `weights_sha256`. The contract
    check (the reloaded module must reproduce the in-memory fine-tuned encoder on evaluation rows) runs
-   before the folder is put in place.
+   before the folder is put in place. A pair's encoder keeps its dict input signature; its metadata adds
+   `preprocessor` (handle, sha256, name, version, seq_length): embed with that preprocessor again
+   (`hubbeam embed --preprocessor PRE --module OUT`).
 
 The report (returned, and printed as JSON by `hubbeam finetune`) is also summarised in the module's
 metadata under `finetune`, so it travels with the module when packed and published; no separate report
@@ -247,8 +254,8 @@ def _as_array(examples: Examples, kind: str, image_size) -> np.ndarray:
 @dataclass(frozen=True)
 class FinetuneReport:
     """What a fine-tune run did and scored: printed by `hubbeam finetune`, passed between the DAG's tasks (as
-    as_dict(), JSON), and — without the first four fields and weights_sha256 — kept in the module's metadata
-    under `finetune`."""
+    as_dict(), JSON), and — without the first four fields, weights_sha256 and preprocessor — kept in the
+    module's metadata under `finetune` (parent and preprocessor sit beside it there)."""
 
     module: str  # where the fine-tuned module went: a local folder or an object-store URL
     name: str
@@ -270,6 +277,8 @@ class FinetuneReport:
     epoch_losses: list
     train_file: str
     weights_sha256: str
+    # A pair: handle, sha256, name, version and seq_length of the preprocessor the encoder was tuned behind
+    preprocessor: dict | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -277,7 +286,8 @@ class FinetuneReport:
 
 @dataclass
 class FinetuneResult:
-    """The exported module, the report, and the in-memory fine-tuned encoder (hub.KerasLayer) and head."""
+    """The exported module, the report, and the in-memory fine-tuned encoder (hub.KerasLayer; for a pair, a
+    Keras model of preprocessor and encoder, taking strings) and head."""
 
     path: Path | str  # a local folder, or the object-store URL the module was uploaded to
     report: FinetuneReport
@@ -331,19 +341,26 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
              epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
              learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 0,
              eval_fraction: float = DEFAULT_EVAL_FRACTION, name: str | None = None,
-             version: str | None = None, allow_unsafe_ops: bool = False) -> FinetuneResult:
-    """Fine-tune `module` on `train` and export the encoder into out_dir; see the module docstring."""
+             version: str | None = None, allow_unsafe_ops: bool = False, preprocessor: str | None = None,
+             seq_length: int | None = None) -> FinetuneResult:
+    """Fine-tune `module` on `train` and export the encoder into out_dir; see the module docstring.
+
+    preprocessor: module is then the encoder of a pair (TF Hub's BERT interface), fine-tuned behind this
+    preprocessor; seq_length caps the word pieces a text is packed to (default: the preprocessor's own)."""
     from hubbeam.export.create import check_name
     from hubbeam.hub.resolver import resolve_module
 
     if epochs < 1 or batch_size < 1 or learning_rate <= 0 or not 0 < eval_fraction < 1:
         raise HubbeamError("epochs and batch size must be >= 1, the learning rate > 0, the eval fraction in (0, 1)")
+    _check_pair_options(preprocessor, seq_length, image_column)
     target = storage.location(out_dir)  # a bad output URL fails before any training
     kind = "image" if image_column else "text"
     column = image_column or text_column
     data = _read_data(train, eval_file, column, label_column, kind, eval_fraction, seed)
     resolved = resolve_module(module)  # before TensorFlow: a wrong handle fails fast
-    base = _open_module(resolved, kind, allow_unsafe_ops)
+    if preprocessor is not None:
+        resolve_module(preprocessor)  # the same for the preprocessor (loaded later from the cache)
+    base = _open_module(resolved, kind, allow_unsafe_ops, preprocessor, seq_length)
     x_train, x_eval = _as_array(data.train, kind, base.image_size), _as_array(data.eval, kind, base.image_size)
     index = {str(c): i for i, c in enumerate(data.classes)}
     y_train = np.array([index[str(v)] for v in data.train.labels], dtype=np.int64)
@@ -352,7 +369,7 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
     log.info("fine-tuning %s on %d rows (%d eval rows, %d classes)", resolved.handle, len(y_train), len(y_eval),
              len(data.classes))
     _tf_keras().utils.set_random_seed(seed)
-    layer = _hub().KerasLayer(base.obj, trainable=True, output_key=base.output_key)
+    layer = _trainable_layer(base)
     head, baseline = _linear_probe(layer, x_train, y_train, x_eval, y_eval, len(data.classes))
     finetuned, steps, epoch_losses = _train_together(layer, head, x_train, y_train, x_eval, y_eval, epochs,
                                                      batch_size, learning_rate, seed)
@@ -369,11 +386,11 @@ def finetune(module: str, train: str | os.PathLike, label_column: str, out_dir: 
         "epochs": epochs, "batch_size": batch_size, "steps": steps, "learning_rate": learning_rate,
         "seed": seed, "epoch_losses": epoch_losses, "train_file": storage.location(train).url,
     }
-    metadata = _finetuned_metadata(base.metadata, resolved, train, name, version, summary)
-    weights_sha256 = _export_to(target, base.obj, metadata, x_eval[:4])
+    metadata = _finetuned_metadata(base, resolved, train, name, version, summary)
+    weights_sha256 = _export_to(target, base.obj, metadata, _encoder_sample(base, x_eval[:4]))
     log.info("exported the fine-tuned encoder to %s (%.1fs, contract checked)", target, time.monotonic() - started)
     report = FinetuneReport(module=target.url, name=name, version=version, parent=metadata["parent"], **summary,
-                            weights_sha256=weights_sha256)
+                            weights_sha256=weights_sha256, preprocessor=metadata.get("preprocessor"))
     return FinetuneResult(target.local_path if target.is_local else target.url, report, layer, head, data.classes)
 
 
@@ -406,20 +423,43 @@ def _read_data(train, eval_file, column: str, label_column: str, kind: str, eval
                  f"{eval_fraction:.0%} of {train_set.path} held out (stratified, seed {seed})")
 
 
+def _check_pair_options(preprocessor: str | None, seq_length: int | None, image_column: str | None) -> None:
+    """Options that do not go together, refused before the data is read."""
+    from hubbeam.hub.pair import check_seq_length
+
+    if preprocessor is None:
+        if seq_length is not None:
+            raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")
+        return
+    if image_column:
+        raise HubbeamError("a preprocessor + encoder pair takes text: use --text-column, not --image-column")
+    check_seq_length(seq_length)
+
+
 @dataclass
 class _Base:
     obj: Any  # the restored module object, trained in place
     output_key: str | None
     metadata: dict
     image_size: tuple[int, int] | None
+    pair: Any = None  # a hubbeam.hub.pair.PairEmbedder when obj is the encoder of a preprocessor + encoder pair
 
 
-def _open_module(resolved, kind: str, allow_unsafe_ops: bool) -> _Base:
-    """The base module loaded for training, refused unless it takes the kind of input the data holds."""
+def _open_module(resolved, kind: str, allow_unsafe_ops: bool, preprocessor: str | None = None,
+                 seq_length: int | None = None) -> _Base:
+    """The base module loaded for training, refused unless it takes the kind of input the data holds (a pair's
+    encoder: unless the preprocessor makes its inputs)."""
     from hubbeam.hub.metadata import read_metadata
 
     _hub(), _tf_keras()  # tensorflow_text's ops must be registered before a module with in-graph tokenising loads
     obj, spec, output_key = _load_trainable(resolved, allow_unsafe_ops)
+    metadata = read_metadata(resolved.path) or {}
+    if preprocessor is not None:
+        pair = _open_pair(preprocessor, resolved, obj, output_key, seq_length, allow_unsafe_ops)
+        return _Base(obj, output_key, metadata, None, pair)
+    if isinstance(spec, dict):
+        raise HubbeamError(f"{resolved.handle} takes several inputs ({', '.join(sorted(spec))}): fine-tune an "
+                           "encoder with its preprocessor (--preprocessor HANDLE)")
     module_kind = kinds.kind_of(spec)
     # uint8 image modules take raw 0-255 pixels; fine-tuning feeds decoded [0, 1] floats, so they stay refused.
     if module_kind == kinds.TENSORS or (module_kind == kinds.IMAGE and not spec.dtype.is_floating):
@@ -428,8 +468,49 @@ def _open_module(resolved, kind: str, allow_unsafe_ops: bool) -> _Base:
     if module_kind != kind:
         flag = "--image-column" if module_kind == "image" else "--text-column"
         raise HubbeamError(f"{resolved.handle} takes {module_kind} input, but the data gives {kind}; use {flag}")
-    metadata = read_metadata(resolved.path) or {}
     return _Base(obj, output_key, metadata, _image_size(spec, metadata) if kind == "image" else None)
+
+
+def _open_pair(preprocessor: str, resolved, obj, output_key: str | None, seq_length: int | None,
+               allow_unsafe_ops: bool):
+    """The preprocessor, paired with the loaded encoder by hubbeam.hub.pair's rules: a pair that does not fit
+    is refused naming the keys, as `hubbeam embed --preprocessor` refuses it."""
+    from hubbeam.hub.loader import Embedder
+    from hubbeam.hub.pair import PairEmbedder, load_preprocessor
+
+    pre = load_preprocessor(preprocessor, allow_unsafe_ops=allow_unsafe_ops)
+    return PairEmbedder(pre, Embedder(resolved, obj, None, output_key), seq_length)
+
+
+def _trainable_layer(base: _Base):
+    """What is trained, strings (or images) -> embeddings: the module as hub.KerasLayer(trainable=True); for
+    a pair, behind its frozen preprocessor in one Keras model (TF Hub's BERT fine-tuning recipe)."""
+    encoder = _hub().KerasLayer(base.obj, trainable=True, output_key=base.output_key)
+    if base.pair is None:
+        return encoder
+    tf, tf_keras = _tf(), _tf_keras()
+    texts = tf_keras.Input(shape=(), dtype=tf.string, name="text")
+    return tf_keras.Model(texts, encoder(_preprocess_layer(base.pair)(texts)), name="pair")
+
+
+def _preprocess_layer(pair):
+    """The frozen preprocessor as a Keras layer: packing each batch as PairEmbedder does where it can."""
+    from hubbeam.hub.loader import CALL
+    from hubbeam.hub.pair import pack
+
+    pre = pair.preprocessor
+    if pair.packs:
+        obj, seq_length = pre.obj, pair.seq_length
+        return _tf_keras().layers.Lambda(lambda texts: pack(obj, texts, seq_length), name="preprocess")
+    if pre.signature == CALL:
+        return _hub().KerasLayer(pre.obj, trainable=False, name="preprocess")
+    return _hub().KerasLayer(pre.obj, signature=pre.signature, signature_outputs_as_dict=True, trainable=False,
+                             name="preprocess")
+
+
+def _encoder_sample(base: _Base, x: np.ndarray):
+    """Evaluation rows as the encoder's input, for the export's contract check (a pair's: the preprocessed dict)."""
+    return x if base.pair is None else base.pair.encoder_inputs(x)
 
 
 def _linear_probe(layer, x_train, y_train, x_eval, y_eval, num_classes: int):
@@ -492,10 +573,12 @@ def _train_together(layer, head, x_train, y_train, x_eval, y_eval, epochs: int, 
     return finetuned, steps, epoch_losses
 
 
-def _finetuned_metadata(base_metadata: dict, resolved, train, name: str, version: str,
-                        summary: dict) -> ModuleMetadata:
-    """The base's metadata, less what described its own making, plus where this module came from."""
-    metadata = {k: v for k, v in base_metadata.items() if k not in ("training", "finetune", "parent", "exported_from")}
+def _finetuned_metadata(base: _Base, resolved, train, name: str, version: str, summary: dict) -> ModuleMetadata:
+    """The base's metadata, less what described its own making, plus where this module came from (a pair's
+    encoder: also the preprocessor it must be fed by)."""
+    base_metadata = base.metadata
+    metadata = {k: v for k, v in base_metadata.items()
+                if k not in ("training", "finetune", "parent", "exported_from", "preprocessor")}
     metadata.update({
         "name": name, "version": version,
         "description": f"{base_metadata.get('description') or resolved.handle}; fine-tuned on {storage.location(train).name}",
@@ -503,6 +586,12 @@ def _finetuned_metadata(base_metadata: dict, resolved, train, name: str, version
                    "version": base_metadata.get("version"), "weights_sha256": base_metadata.get("weights_sha256")},
         "finetune": summary,
     })
+    if base.pair is not None:
+        pair = base.pair
+        metadata["preprocessor"] = {"handle": pair.preprocessor_handle, "sha256": pair.preprocessor_sha256,
+                                    "name": pair.preprocessor.metadata.get("name"),
+                                    "version": pair.preprocessor.metadata.get("version"),
+                                    "seq_length": pair.seq_length}
     return metadata
 
 
@@ -527,20 +616,18 @@ def _stem(handle: str) -> str:
 
 def _export_encoder(obj, out: Path, metadata: dict, sample: np.ndarray) -> Path:
     """Re-save the (updated) restored module object into the staging folder out and check it against itself."""
-    from hubbeam.export.contract import compare_outputs, as_numpy, check_contract, sample_for
+    from hubbeam.export.contract import compare_outputs, as_numpy, check_contract
     from hubbeam.modules.common import save_module
 
-    tf = _tf()
     signatures = dict(obj.signatures)
     references = {name: (lambda fn: lambda **feed: fn(**feed))(fn) for name, fn in signatures.items()}
     references["__call__"] = lambda x: obj(x)
     primary = None
-    if "default" in signatures and len(signatures["default"].structured_input_signature[1]) == 1:
+    x, feed = _default_feed(obj, signatures.get("default"), sample)
+    if feed is not None:
         # Check the saved default signature against __call__ only where they agreed in memory.
-        arg, spec = next(iter(signatures["default"].structured_input_signature[1].items()))
-        x = tf.constant(sample if spec.is_compatible_with(tf.constant(sample)) else sample_for(spec), spec.dtype)
         try:
-            called, default = as_numpy(obj(x)), as_numpy(signatures["default"](**{arg: x}))
+            called, default = as_numpy(obj(x)), as_numpy(signatures["default"](**feed))
             compare_outputs(default.get("default"), called.get("default") if isinstance(called, dict) else called, "default")
             primary = "default"
         except Exception:  # noqa: BLE001 - they differ by design in this module: not part of its contract
@@ -549,3 +636,20 @@ def _export_encoder(obj, out: Path, metadata: dict, sample: np.ndarray) -> Path:
     save_module(obj, out, signatures, metadata, staged=True)
     check_contract(out, references=references, primary=primary, sample=sample, require_trainable=True)
     return out
+
+
+def _default_feed(obj, default, sample):
+    """(__call__'s input, the default signature's feed of the same input), to compare the two; (None, None)
+    without a default signature. A one-input signature that cannot take the sample gets input made for it."""
+    from hubbeam.export.contract import call_input, call_traces, feed_from_call, sample_for
+
+    if default is None:
+        return None, None
+    specs = default.structured_input_signature[1]
+    call_spec = call_traces(obj)[1]
+    if not isinstance(call_spec, dict) and len(specs) == 1:
+        arg, spec = next(iter(specs.items()))
+        x = _tf().constant(sample if spec.is_compatible_with(_tf().constant(sample)) else sample_for(spec), spec.dtype)
+        return x, {arg: x}
+    x = call_input(sample, call_spec)
+    return x, feed_from_call(specs, call_spec, x)

@@ -9,7 +9,8 @@ digests stay available for provenance.
 Where the preprocessor has TF Hub's `tokenize` and `bert_pack_inputs`, a batch is packed to the length its
 longest text needs (rounded up to a multiple of 16, at most seq_length) rather than always to seq_length:
 the encoder's cost grows with the padded length, and batches are sorted by length, so most batches are short.
-Masked positions change nothing but rounding (attention and pooling ignore them).
+Masked positions change nothing but rounding (attention and pooling ignore them). `pack` is written in
+TensorFlow ops so that fine-tuning (hubbeam.export.finetuning) packs its batches the same way, in its graph.
 """
 from __future__ import annotations
 
@@ -55,11 +56,33 @@ def check_pair(preprocessor: Embedder, encoder: Embedder) -> None:
                            f"dtypes differ for {'; '.join(wrong)}")
 
 
-def packed_length(token_counts, seq_length: int) -> int:
-    """The length a batch is packed to: its longest text plus [CLS] and [SEP], rounded up to LENGTH_STEP,
-    at most seq_length."""
-    longest = int(max(token_counts, default=0)) + 2
-    return min(seq_length, max(LENGTH_STEP, -(-longest // LENGTH_STEP) * LENGTH_STEP))
+def check_seq_length(seq_length: int | None) -> None:
+    """Refuse a length the encoder's position embeddings cannot take (checked before anything is loaded)."""
+    if seq_length is not None and not 3 <= seq_length <= MAX_SEQ_LENGTH:
+        raise HubbeamError(f"--seq-length must be between 3 and {MAX_SEQ_LENGTH} (got {seq_length})")
+
+
+def pack(obj, texts, seq_length: int) -> dict:
+    """The encoder's inputs for a tf.string batch, through the preprocessor's tokenize and bert_pack_inputs:
+    packed to the longest text plus [CLS] and [SEP], rounded up to LENGTH_STEP, at most seq_length. Plain
+    TensorFlow ops, so it runs eagerly (PairEmbedder) and inside a tf.function (fine-tuning) alike."""
+    tf = tfenv.tensorflow()
+    tokens = obj.tokenize(texts)
+    flat = tokens
+    while isinstance(flat, tf.RaggedTensor) and flat.ragged_rank > 1:
+        flat = flat.merge_dims(1, 2)
+    longest = tf.reduce_max(tf.concat([tf.cast(flat.row_lengths(), tf.int32), [0]], axis=0)) + 2
+    rounded = (longest + LENGTH_STEP - 1) // LENGTH_STEP * LENGTH_STEP
+    return obj.bert_pack_inputs([tokens], seq_length=tf.minimum(seq_length, tf.maximum(LENGTH_STEP, rounded)))
+
+
+def preprocessor_hint(metadata: dict) -> str:
+    """For an error about an encoder fed alone: the preprocessor it was fine-tuned with, from its metadata."""
+    pre = metadata.get("preprocessor") or {}
+    if not pre.get("handle"):
+        return ""
+    return (f"; it was fine-tuned with preprocessor {pre['handle']} (sha256 {str(pre.get('sha256'))[:16]}…): "
+            f"give --preprocessor {pre['handle']}")
 
 
 class PairEmbedder:
@@ -80,8 +103,7 @@ class PairEmbedder:
             if not self.packs:
                 raise HubbeamError(f"--seq-length: preprocessor {preprocessor.handle} has no tokenize and "
                                    "bert_pack_inputs, so its length cannot be chosen (it pads to its own)")
-            if not 3 <= seq_length <= MAX_SEQ_LENGTH:
-                raise HubbeamError(f"--seq-length must be between 3 and {MAX_SEQ_LENGTH} (got {seq_length})")
+            check_seq_length(seq_length)
         # None where the preprocessor packs to its own length (no bert_pack_inputs to ask for another)
         self.seq_length = (seq_length or int(preprocessor.metadata.get("seq_length") or DEFAULT_SEQ_LENGTH)
                            if self.packs else None)
@@ -116,14 +138,10 @@ class PairEmbedder:
         texts = list(texts)
         if self.packs and texts:
             tf = tfenv.tensorflow()
-            obj = self.preprocessor.obj
-            tokens = obj.tokenize(tf.constant(np.asarray(texts, dtype=object), tf.string))
-            flat = tokens
-            while isinstance(flat, tf.RaggedTensor) and flat.ragged_rank > 1:
-                flat = flat.merge_dims(1, 2)
-            self.last_seq_length = packed_length(flat.row_lengths().numpy(), self.seq_length)
-            packed = obj.bert_pack_inputs([tokens], seq_length=tf.constant(self.last_seq_length, tf.int32))
+            packed = pack(self.preprocessor.obj, tf.constant(np.asarray(texts, dtype=object), tf.string),
+                          self.seq_length)
             produced = {name: value.numpy() for name, value in packed.items()}
+            self.last_seq_length = int(next(iter(produced.values())).shape[1])
         else:
             produced = self.preprocessor.outputs(texts)
         return {name: produced[name] for name in self.encoder.input_specs}

@@ -214,6 +214,19 @@ def job_image_size(job: EmbedJob, described) -> tuple[int, int] | None:
     return tuple(size)
 
 
+def _refuse_an_encoder_without_its_preprocessor(described) -> None:
+    """An encoder fine-tuned as a pair records its preprocessor: given alone (and no --input-map to feed its
+    inputs from columns), the user surely meant the pair, so say which preprocessor instead of dead-lettering
+    every row for a missing input_word_ids."""
+    from hubbeam.hub.metadata import read_metadata
+    from hubbeam.hub.pair import preprocessor_hint
+
+    hint = preprocessor_hint(read_metadata(described.path) or {})
+    if hint:
+        raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes several inputs "
+                           f"({', '.join(described.input_names)}){hint} (or feed them from columns with --input-map)")
+
+
 def job_feeds(job: EmbedJob, described) -> tuple:
     """The TensorFeed of each input for a multi-input signature (--input-map, or column = input name); ()
     for text and image modules, where --input-map is a user error."""
@@ -276,6 +289,8 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     if kind not in INPUT_KINDS:
         raise HubbeamError(f"signature {described.signature!r} of {described.handle} takes {kind} input "
                            f"({', '.join(described.input_names)}); hubbeam embed feeds {', '.join(INPUT_KINDS)}")
+    if kind == "tensors" and job.input_map is None and described.path:
+        _refuse_an_encoder_without_its_preprocessor(described)
     job_image_size(job, described)  # a dynamic-size module without --image-size fails here, before any work
     job_feeds(job, described)  # and a signature hubbeam cannot feed, or a wrong --input-map
     spec = InputSpec(kind=kind, format=job.input_format)
