@@ -22,6 +22,8 @@ _LAZY = {
     "pack": "hubbeam.export.packing",
     "publish": "hubbeam.export.publishing",
     "search": "hubbeam.inspection.search",
+    "Searcher": "hubbeam.inspection.searcher",
+    "build_index": "hubbeam.index.build",
     "write_report": "hubbeam.inspection.report",
     "HubbeamError": "hubbeam.errors",
 }
@@ -36,11 +38,14 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time _LAZY serves t
     from hubbeam.hub.loader import Embedder, load
     from hubbeam.hub.resolver import ResolvedModule, resolve, resolve_module
     from hubbeam.inspection.report import write_report
+    from hubbeam.index.build import build_index
     from hubbeam.inspection.search import search
+    from hubbeam.inspection.searcher import Searcher
     from hubbeam.modules import build_module
 
 __all__ = [  # spelled out (not *_LAZY) so that linters see the imports above as exports
     "__version__", "resolve", "resolve_module", "ResolvedModule", "load", "Embedder", "inspect_module",
-    "build_module", "export_module", "finetune", "pack", "publish", "search", "write_report", "HubbeamError",
+    "build_module", "export_module", "finetune", "pack", "publish", "search", "Searcher", "build_index", "write_report",
+    "HubbeamError",
 ]
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -331,22 +331,39 @@ def _import_beam_quietly() -> None:
 
 
 def _cmd_search(args) -> int:
-    from hubbeam.inspection.search import format_results, search
-
-    from hubbeam.pipeline.output import read_manifest
+    from hubbeam.inspection.search import format_results
+    from hubbeam.inspection.searcher import Searcher
 
     if args.query and args.image:
         raise HubbeamError("give a text query or --image PATH, not both")
     if not args.query and not args.image:
         raise HubbeamError("give a text query, or --image PATH for an image module")
-    results = search(args.embeddings, args.module, query=args.query, image=args.image, k=args.k,
-                     id_column=args.id_column, text_column=args.text_column, image_column=args.image_column,
-                     allow_unsafe_ops=args.allow_unsafe_ops, preprocessor=args.preprocessor)
+    searcher = Searcher(args.embeddings, args.module, index=args.index, exact=args.exact,
+                        preprocessor=args.preprocessor, allow_unsafe_ops=args.allow_unsafe_ops,
+                        id_column=args.id_column, text_column=args.text_column, image_column=args.image_column)
+    results = searcher.search(query=args.query, image=args.image, k=args.k)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
         label = f"image {args.image}" if args.image else json.dumps(args.query, ensure_ascii=False)
-        print(format_results(results, args.embeddings, read_manifest(args.embeddings), label))
+        manifest = {**searcher.outputs[0].manifest, "rows_embedded": searcher.rows}
+        print(format_results(results, ", ".join(args.embeddings), manifest, label))
+    return 0
+
+
+def _cmd_index(args) -> int:
+    from hubbeam.index.build import build_index
+
+    folder, manifest, built = build_index(args.embeddings, args.out, force=args.force)
+    summary = {"index": folder, "built": built, "rows": manifest["rows"], "dim": manifest["dim"],
+               "module_sha256": manifest["module"]["sha256"], "ann": manifest["ann"], "seconds": manifest["seconds"]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        what = "indexed" if built else "up to date:"
+        print(f"{what} {manifest['rows']:,} rows of {len(manifest['outputs'])} output(s) -> {folder} "
+              f"({manifest['ann']['kind']} nlist {manifest['ann']['nlist']} nprobe {manifest['ann']['nprobe']}, "
+              f"{manifest['seconds']:.1f} s)")
     return 0
 
 
@@ -372,9 +389,16 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
         description="Embed the query with the module the run used (its digest is checked against the run's "
                     "manifest and shards; another module is refused) and print the k nearest rows by cosine: id, "
                     "score and a snippet of the text (from a pass-through text column, else re-read from the "
-                    "source file) or the image path. Streams the shards one batch at a time.",
+                    "source file) or the image path. Uses the ANN index DIR/index (hubbeam index) when there is "
+                    "one and it covers the run's current shards (a stale index is refused: rebuild it or give "
+                    "--exact); else streams the shards one batch at a time.",
         epilog="example: hubbeam search --embeddings out/ --module build/modules/minilm \"unit tests\" -k 5")
-    p.add_argument("--embeddings", required=True, metavar="DIR", help="output folder of `hubbeam embed`")
+    p.add_argument("--embeddings", required=True, action="append", metavar="DIR",
+                   help="output folder of `hubbeam embed`; repeat it for several runs of one module")
+    p.add_argument("--index", metavar="INDEX_DIR",
+                   help="the index to use (default: DIR/index when it exists; an index over several runs: where "
+                        "hubbeam index --out put it)")
+    p.add_argument("--exact", action="store_true", help="ignore any index: compare with every row")
     p.add_argument("--module", required=True, help=handle_help + " (the one the run used)")
     p.add_argument("--preprocessor", metavar="HANDLE",
                    help="the preprocessor the run used, for a run of a preprocessor + encoder pair")
@@ -385,6 +409,20 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
     p.add_argument("--allow-unsafe-ops", action="store_true", help=ALLOW_UNSAFE_OPS_HELP)
     source_columns(p)
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "index", help="build the ANN index that makes search fast on big runs",
+        description="Build an approximate-nearest-neighbour index (faiss IVFFlat, cosine) over one finished run "
+                    "(into DIR/index) or several runs of one module (into --out). It records the module digest, "
+                    "dim, metric and the shards it covers (name, sha256, rows; each shard is checked against "
+                    "its manifest while read); a new index replaces the old one only when complete. An index that "
+                    "already covers the runs' current shards is kept (--force rebuilds it).",
+        epilog="example: hubbeam index out/ && hubbeam search --embeddings out/ --module build/modules/minilm \"q\"")
+    p.add_argument("embeddings", nargs="+", metavar="DIR", help="output folder(s) of `hubbeam embed`")
+    p.add_argument("--out", metavar="INDEX_DIR", help="where to write it (default: DIR/index; needed for several DIRs)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the index is up to date")
+    p.add_argument("--json", action="store_true", help="print what was built as JSON")
+    p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser(
         "report", help="write a self-contained HTML report of a finished run",

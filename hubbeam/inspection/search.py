@@ -5,7 +5,9 @@
 
 The module must be the one the run used: its digest is checked against the manifest (and each shard's
 `hubbeam.module_sha256`) before TensorFlow is even loaded; vectors of different modules are not comparable.
-The shards are streamed one batch at a time with a running top-k, so memory does not grow with the output.
+Without an index the shards are streamed one batch at a time with a running top-k, so memory does not grow
+with the output; with one (`hubbeam index`, DIR/index) the same rows come back from it when their neighbours
+are clear (hubbeam.inspection.searcher holds the choice, and keeps module and index loaded across queries).
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from hubbeam.errors import HubbeamError
-from hubbeam.inspection.lookup import RowLookup, is_image_file, short
-from hubbeam.inspection.shards import EmbeddingsOutput, nearest
+from hubbeam.inspection.lookup import short
+from hubbeam.inspection.shards import EmbeddingsOutput
 
 
 def check_module(output: EmbeddingsOutput, handle: str, sha256: str) -> None:
@@ -109,7 +111,8 @@ def embed_query(embedder, query: str | None = None, image: str | None = None, im
 
 def search(embeddings_dir, module, query: str | None = None, image: str | None = None, k: int = 10, *,
            id_column: str = "id", text_column: str = "text", image_column: str = "image",
-           snippet_chars: int = 200, allow_unsafe_ops: bool = False, preprocessor=None) -> list[dict]:
+           snippet_chars: int = 200, allow_unsafe_ops: bool = False, preprocessor=None,
+           index: str | None = None, exact: bool = False) -> list[dict]:
     """The k rows of a finished run nearest by cosine to a text query or an image file.
 
     module: the handle the run used (checked by digest) or an Embedder already loaded from it.
@@ -118,25 +121,17 @@ def search(embeddings_dir, module, query: str | None = None, image: str | None =
     id_column / text_column / image_column: how the source files name them, if not the defaults.
     allow_unsafe_ops: load the module even if its serving functions touch files (hubbeam.hub.audit).
     preprocessor: for a run of a preprocessor + encoder pair, the preprocessor's handle (checked by digest too).
+    index: an index folder (default: DIR/index when it exists; a stale one is refused); exact: stream every
+    shard instead. embeddings_dir may be a list of runs of one module. For many queries, keep a Searcher.
     """
+    from hubbeam.inspection.searcher import Searcher
+
     if k < 1:
         raise HubbeamError("k must be at least 1")
-    output = EmbeddingsOutput(str(embeddings_dir))
-    embedder = query_embedder(output, module, allow_unsafe_ops, preprocessor)
-    [hits] = nearest(output, embed_query(embedder, query=query, image=image,
-                                         image_size=output.module.get("image_size")), k)
-    values = {}
-    if output.kind == "text":
-        values = RowLookup(output, id_column, text_column, image_column).values(hits)
-    results = []
-    for hit in hits:
-        if output.kind == "text":
-            value = values.get((hit.shard, hit.row))
-            snippet = short(value, snippet_chars) if value is not None else None
-        else:
-            snippet = hit.source if is_image_file(hit.source) else None
-        results.append({"id": hit.id, "score": round(float(hit.score), 6), "source": hit.source, "snippet": snippet})
-    return results
+    searcher = Searcher(embeddings_dir, module, index=index, exact=exact, preprocessor=preprocessor,
+                        allow_unsafe_ops=allow_unsafe_ops, id_column=id_column, text_column=text_column,
+                        image_column=image_column, snippet_chars=snippet_chars)
+    return searcher.search(query=query, image=image, k=k)
 
 
 def format_results(results: list[dict], output_dir: str, manifest: dict, label: str) -> str:
