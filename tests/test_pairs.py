@@ -170,7 +170,7 @@ def test_dag_plans_a_pair_into_a_folder_keyed_by_both_digests(pair, tmp_path):
     assert planned["output"] == str(tmp_path / "emb" / identity["folder"] / snapshot.name / "text")
     command = beam_command(planned)
     assert f"--preprocessor={preprocessor}" in command and "--seq-length=64" in command.replace("_", "-")
-    with pytest.raises(HubbeamError):
+    with pytest.raises(HubbeamError, match=f"no such module folder or archive: {tmp_path / 'nowhere'}"):
         plan_explicit("in/*", str(tmp_path / "o"), str(encoder), {"preprocessor": str(tmp_path / "nowhere")})
 
     code = ("from airflow.dag_processing.dagbag import DagBag\n"
