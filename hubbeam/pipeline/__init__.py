@@ -7,6 +7,7 @@ from hubbeam._lazy import lazy_getattr
 _LAZY = {
     "EmbedText": "hubbeam.pipeline.transforms",
     "EmbedImages": "hubbeam.pipeline.transforms",
+    "EmbedTensors": "hubbeam.pipeline.transforms",
     "EmbedJob": "hubbeam.pipeline.job",
     "run_embed": "hubbeam.pipeline.job",
     "read_embeddings": "hubbeam.pipeline.output",
