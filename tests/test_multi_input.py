@@ -127,3 +127,31 @@ def test_input_map_on_a_text_signature_and_text_files_for_tensors_are_refused(wo
                                            r"JSONL columns\)"):
         run_embed(EmbedJob(input=str(tokenised / "plain.txt"), output=str(tmp_path / "out"),
                            module=str(wordvec_module), signature="tokens"))
+
+
+def test_embed_tensors_in_your_own_pipeline_takes_pairs_and_dicts(tiny_wordvec_module):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from hubbeam.pipeline import EmbedTensors
+    from hubbeam.pipeline.model import ModuleSpec
+
+    module = str(tiny_wordvec_module)
+    expected = hubbeam.load(module)(["the cat sat", "mat"])
+    seen = {}
+
+    def check(tables):
+        for table in tables:
+            for row in table.to_pylist():
+                seen[row["id"]] = np.asarray(row["embedding"])
+        assert sorted(seen) == ["a", "b"]
+        np.testing.assert_allclose([seen["a"], seen["b"]], expected, rtol=1e-5)
+
+    with beam.Pipeline("FnApiRunner") as p:
+        result = (p | beam.Create([("a", {"tokens": ["the", "cat", "sat"], "sequence_len": 3}),
+                                   {"id": "b", "tokens": ["mat", ""], "sequence_len": 1},
+                                   ("c", "not a dict")])
+                  | EmbedTensors(ModuleSpec(module, signature="tokens"), batch_size=2))
+        assert_that(result.embeddings, check, label="embeddings")
+        assert_that(result.rejected | beam.Map(lambda r: (r.id, r.reason)), equal_to([("c", "invalid_input")]),
+                    label="rejected")

@@ -36,6 +36,10 @@ class InputKind:
         """A checked value -> Row, or Rejected with a reason."""
         raise NotImplementedError
 
+    def dict_value(self, element: dict):
+        """The value of a {"id": …, …} element from another pipeline (EmbedText and friends)."""
+        return element.get(self.name)
+
     def record_row(self, reader, row_id: str, path: str, record: dict, extras: dict):
         """A dict-shaped record (Parquet, JSONL, CSV) -> Row or Rejected; a missing field reads as null."""
         return self.row(reader, row_id, path, record.get(self.value_column(reader.spec)), extras)
@@ -182,6 +186,10 @@ class Tensors(InputKind):
 
     def required_column(self, spec) -> str | None:
         return None  # a missing column is each row's missing_input (or a length derived from another column)
+
+    def dict_value(self, element: dict):
+        """{"id": …, "tokens": […], "sequence_len": 3}: every other key is an input."""
+        return {name: value for name, value in element.items() if name != "id"}
 
     def record_row(self, reader, row_id, path, record, extras):
         value = {}

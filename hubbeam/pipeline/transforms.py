@@ -38,13 +38,14 @@ PROGRESS_EVERY_S = 10.0
 
 
 def as_row(element, kind: str) -> R.Row | R.Rejected:
-    """Accept Row, (id, value) pairs and {"id", "text"|"image"} dicts from other people's pipelines."""
+    """Accept Row, (id, value) pairs and {"id", "text"|"image"|input names…} dicts from other people's pipelines."""
     if isinstance(element, (R.Row, R.Rejected)):
         return element
+    reading = input_kind(kind)
     if isinstance(element, dict):
-        element = (element.get("id"), element.get(kind))
+        element = (element.get("id"), reading.dict_value(element))
     row_id, value = element
-    return input_kind(kind).row(RowReader(InputSpec(kind=kind)), str(row_id), "", value, {})
+    return reading.row(RowReader(InputSpec(kind=kind)), str(row_id), "", value, {})
 
 
 class ReadRows(beam.DoFn):
