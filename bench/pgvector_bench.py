@@ -61,17 +61,16 @@ def copy_binary(conn, ids, vectors):
 
 
 METHODS = {"text": copy_text, "pgvector-adapter": copy_adapter, "binary-numpy": copy_binary}
-if __import__("os").environ.get("ONLY"):
-    METHODS = {k: METHODS[k] for k in __import__("os").environ["ONLY"].split(",")}
 
 
-def run(dsn: str, rows: int, dim: int) -> None:
+def run(dsn: str, rows: int, dim: int, methods: list[str]) -> None:
     import psycopg
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((rows, dim)).astype(np.float32)
     ids = [f"doc-{i}" for i in range(rows)]
-    for name, method in METHODS.items():
+    for name in methods:
+        method = METHODS[name]
         with psycopg.connect(dsn) as conn:
             conn.execute(f"CREATE TEMP TABLE bench (id text, embedding vector({dim}))")
             began = time.perf_counter()
@@ -90,6 +89,7 @@ def main() -> None:
     parser.add_argument("--start-server", action="store_true")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = parser.parse_args()
     if args.start_server:
         sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -100,11 +100,11 @@ def main() -> None:
         with server.superuser_connection(server.database) as conn:
             conn.execute("CREATE EXTENSION vector")
         try:
-            run(server.url(driver=""), args.rows, args.dim)
+            run(server.url(driver=""), args.rows, args.dim, args.methods)
         finally:
             servers.close()
     else:
-        run(args.dsn, args.rows, args.dim)
+        run(args.dsn, args.rows, args.dim, args.methods)
 
 
 if __name__ == "__main__":
