@@ -2,7 +2,9 @@
 
 plan -> embed (one mapped run of the Beam job per snapshot still to do, with this environment's own
 interpreter: nothing is installed at run time) -> check (every manifest complete and accounted for) -> emits
-the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it). Outputs
+the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it) and
+load_pgvector (with the pgvector_conn_id Param: the checked outputs into PostgreSQL + pgvector, as
+`hubbeam load-pgvector` does; skipped without it). Outputs
 are keyed by the module's digest: with the same module only new snapshots are embedded; a new module digest
 embeds everything again.
 
@@ -57,6 +59,10 @@ with DAG(
         "batch_size": Param(EmbedJob.batch_size, type="integer", minimum=1, maximum=4096),
         "allow_unsafe_ops": Param(False, type="boolean", description="run a module whose serving functions "
                                   "read or write files (see `hubbeam inspect`); recorded in each manifest"),
+        "pgvector_conn_id": Param(None, type=["null", "string"],
+                                  description="an Airflow postgres connection: load the checked outputs into its "
+                                              "pgvector table (hubbeam load-pgvector); none: skip"),
+        "pgvector_table": Param("embeddings", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$"),
         "beam_options": Param({}, type="object", description="extra Beam pipeline options, e.g. "
                               '{"direct_running_mode": "multi_processing", "direct_num_workers": 2}'),
     },
@@ -106,6 +112,23 @@ with DAG(
         with support.fail_fast():
             return write_reports([entry["output"] for entry in totals["outputs"]])
 
+    @task
+    def load_pgvector(totals: dict, params=None) -> dict:
+        """Upsert the checked outputs into PostgreSQL + pgvector by (id, module digest); an unreachable server
+        is retried (StorageError), bad input is not."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from hubbeam.index import pgvector
+
+        if not params["pgvector_conn_id"]:
+            raise AirflowSkipException("no pgvector_conn_id: nothing to load")
+        with support.fail_fast():
+            loaded = pgvector.load_pgvector([entry["output"] for entry in totals["outputs"]],
+                                   support.postgres_dsn(params["pgvector_conn_id"]), params["pgvector_table"])
+        print(loaded.summary())
+        return loaded.as_dict()
+
     checked = check(planned)
     embed >> checked
     report(checked)
+    load_pgvector(checked)

@@ -367,6 +367,14 @@ def _cmd_index(args) -> int:
     return 0
 
 
+def _cmd_load_pgvector(args) -> int:
+    from hubbeam.index.pgvector import load_pgvector
+
+    loaded = load_pgvector(args.embeddings, args.dsn, args.table, maintenance_work_mem=args.maintenance_work_mem)
+    print(json.dumps(loaded.as_dict(), indent=2) if args.json else loaded.summary())
+    return 0
+
+
 def _cmd_report(args) -> int:
     from hubbeam.inspection.report import write_report
 
@@ -423,6 +431,28 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if the index is up to date")
     p.add_argument("--json", action="store_true", help="print what was built as JSON")
     p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser(
+        "load-pgvector", help="upsert finished runs into PostgreSQL with pgvector (ids, vectors, provenance)",
+        description="Load the rows of finished runs into a PostgreSQL table with the pgvector extension, for "
+                    "SQL queries (ORDER BY embedding <=> query LIMIT k). Creates the extension (if the role "
+                    "may), the table (id, module_sha256, embedding vector(D) or halfvec(D) for float16 runs, "
+                    "source, content_sha256, module_handle, signature, output_key, run_id, loaded_at; primary "
+                    "key (id, module_sha256)) and an HNSW cosine index when missing. Idempotent: rows are "
+                    "upserted by (id, module digest) and rows whose values did not change are left alone; runs "
+                    "of other modules of the same dim coexist. Each shard is checked against its manifest "
+                    "(sha256, module digest) while read; the whole load is one transaction.",
+        epilog="example: hubbeam load-pgvector out/ --dsn postgresql://app:secret@db:5432/app --table docs")
+    p.add_argument("embeddings", nargs="+", metavar="DIR", help="output folder(s) of `hubbeam embed`")
+    p.add_argument("--dsn", required=True, help="postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or key=value "
+                                                "form; libpq's PG* variables and ~/.pgpass fill in what is left "
+                                                "out); messages show only HOST:PORT/DATABASE")
+    p.add_argument("--table", default="embeddings", help="table name, optionally schema.table (default: embeddings)")
+    p.add_argument("--maintenance-work-mem", metavar="SIZE",
+                   help="PostgreSQL's maintenance_work_mem for this load only (e.g. 1GB): the HNSW index builds "
+                        "many times faster when its graph fits (default: the server's setting)")
+    p.add_argument("--json", action="store_true", help="print what was loaded as JSON")
+    p.set_defaults(func=_cmd_load_pgvector)
 
     p = sub.add_parser(
         "report", help="write a self-contained HTML report of a finished run",

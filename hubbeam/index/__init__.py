@@ -5,14 +5,20 @@
     ann        the one file that imports the ANN library (faiss): parameters, build, save, load, search
     build      `hubbeam.index.build_index(dirs)` / `hubbeam index DIR …`: read, verify, build, publish
     reader     `open_index(…)`: a loaded index that answers k-nearest queries with output/shard/row/id hits
+    verified   a shard read whole and checked against its manifest (sha256, module digest, rows)
+    pgvector   `load_pgvector(dirs, dsn)` / `hubbeam load-pgvector DIR … --dsn …`: into PostgreSQL + pgvector
+               (pgvector_sql: the connection, table, HNSW index and COPY BINARY upserts)
 
-Nothing here imports TensorFlow or Beam; faiss is imported only when an index is built or loaded.
+Nothing here imports TensorFlow or Beam; faiss is imported only when an index is built or loaded, psycopg
+only when runs are loaded into PostgreSQL.
 """
 from hubbeam._lazy import lazy_getattr
 
 _LAZY = {
     "build_index": "hubbeam.index.build",
     "open_index": "hubbeam.index.reader",
+    "load_pgvector": "hubbeam.index.pgvector",
+    "PgvectorLoad": "hubbeam.index.pgvector",
     "IndexManifest": "hubbeam.index.layout",
     "default_location": "hubbeam.index.layout",
 }

@@ -15,7 +15,6 @@ reader filters); coverage then compares per shard, as it does now.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from hubbeam.errors import HubbeamError
 from hubbeam.index import ann, layout
 from hubbeam.index.coverage import Output, check_same_module, covered_output, read_outputs, stale_reason
+from hubbeam.index.verified import read_verified_shard
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,7 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 def _read_shard(output: Output, number: int):
     """(unit vectors [n, D], rows table: id, source, content_sha256) of one shard, after checking its digests."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from hubbeam import storage
-
-    entry = output.manifest["outputs"]["embeddings"][number]
-    path = storage.join(output.directory, entry["file"])
-    data = storage.read_bytes(path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise HubbeamError(f"{path} is sha256 {digest}, but {output.directory}'s manifest lists {entry['sha256']}: "
-                           f"the shard changed after the run; embed again")
-    parquet = pq.ParquetFile(pa.BufferReader(data))
-    written_by = (parquet.schema_arrow.metadata or {}).get(b"hubbeam.module_sha256", b"").decode()
-    if written_by and written_by != output.module["sha256"]:
-        raise HubbeamError(f"{path} was written by module sha256 {written_by}, but {output.directory}'s manifest "
-                           f"names sha256 {output.module['sha256']}; the folder is inconsistent: embed it again")
-    table = parquet.read(columns=["id", "embedding", "source", "content_sha256"])
-    if table.num_rows != entry["rows"]:
-        raise HubbeamError(f"{path} holds {table.num_rows} rows, its manifest says {entry['rows']}; embed again")
+    table = read_verified_shard(output, number).read(columns=["id", "embedding", "source", "content_sha256"])
     dim = int(output.module["dim"])
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = unit_rows(flat.astype(np.float32, copy=False).reshape(-1, dim))

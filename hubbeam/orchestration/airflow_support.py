@@ -3,6 +3,8 @@
 Connections (any Airflow connection backend; `AIRFLOW_CONN_…` environment variables work):
 - `hubbeam_corpus_db`: the SQL source (sqlite, postgres, mysql …). Default when absent: the SQLite file
   `DATA_ROOT/corpus.db` that `make demo` creates.
+- the `pgvector_conn_id` Param of embed_corpus (none by default): a postgres connection the checked outputs
+  are loaded into (hubbeam load-pgvector).
 """
 from __future__ import annotations
 
@@ -124,6 +126,27 @@ def sqlalchemy_url(conn_id: str = CORPUS_DB_CONN_ID) -> str:
     if dialect in ("postgres", "postgresql"):
         scheme = f"postgresql+{driver}" if plus else "postgresql+psycopg"
     return f"{scheme}://{rest}"
+
+
+# Connection extras passed on to libpq (others, such as Airflow's own, are not libpq parameters).
+LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options", "application_name",
+                "target_session_attrs")
+
+
+def postgres_dsn(conn_id: str) -> str:
+    """A libpq connection string for an Airflow postgres connection (hubbeam.index.pgvector.load_pgvector):
+    built from its fields, not get_uri(), so that Airflow's extras never reach libpq as unknown parameters."""
+    from airflow.sdk import BaseHook
+    from psycopg.conninfo import make_conninfo
+
+    from hubbeam.errors import HubbeamError
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.conn_type not in ("postgres", "postgresql"):
+        raise HubbeamError(f"Airflow connection {conn_id!r} is a {conn.conn_type} connection, not postgres")
+    fields = {"host": conn.host, "port": conn.port, "user": conn.login, "password": conn.password,
+              "dbname": conn.schema, **{k: v for k, v in conn.extra_dejson.items() if k in LIBPQ_EXTRAS}}
+    return make_conninfo(**{k: str(v) for k, v in fields.items() if v not in (None, "")})
 
 
 @contextlib.contextmanager
