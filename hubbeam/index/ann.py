@@ -74,9 +74,25 @@ def load(path: str, nprobe: int):
     return index
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+class Excluded:
+    """Keys a search skips inside the scan (so k live rows still come back), for superseded rows."""
+
+    def __init__(self, keys: np.ndarray):
+        import faiss
+
+        self.keys = np.ascontiguousarray(keys, np.int64)
+        self._batch = faiss.IDSelectorBatch(self.keys)  # kept: the Not selector holds a bare pointer to it
+        self.selector = faiss.IDSelectorNot(self._batch)
+
+
+def search(index, queries: np.ndarray, k: int, excluded: Excluded | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores [Q, k] float32, keys [Q, k] int64); missing places have key -1."""
     if index.ntotal == 0:
         return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-    scores, keys = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return scores, keys
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if excluded is None or not len(excluded.keys):
+        return index.search(queries, k)
+    import faiss
+
+    params = faiss.SearchParametersIVF(sel=excluded.selector, nprobe=index.nprobe)
+    return index.search(queries, k, params=params)
