@@ -2,9 +2,10 @@
 
 plan -> embed (one mapped run of the Beam job per snapshot still to do, with this environment's own
 interpreter: nothing is installed at run time) -> check (every manifest complete and accounted for) -> emits
-the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it). Outputs
-are keyed by the module's digest: with the same module only new snapshots are embedded; a new module digest
-embeds everything again.
+the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it) and index
+(the module digest's ANN index, NAME-DIGEST12/index/, extended with the new snapshots: each document once,
+its latest text; hubbeam.orchestration.indexing). Outputs are keyed by the module's digest: with the same
+module only new snapshots are embedded; a new module digest embeds everything again.
 
 The job runs through the standard BashOperator, not the Beam provider's BeamRunPythonPipelineOperator: in
 apache-airflow-providers-apache-beam 6.3.1 that operator cannot even be constructed without
@@ -106,6 +107,19 @@ with DAG(
         with support.fail_fast():
             return write_reports([entry["output"] for entry in totals["outputs"]])
 
+    @task
+    def index(totals: dict, params=None) -> list[dict]:
+        """The module digest's index extended with the snapshots just checked (an explicit output: none)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from hubbeam.orchestration.indexing import update_indexes
+
+        if params["input"]:
+            raise AirflowSkipException("an explicit output is not part of a module folder's index")
+        with support.fail_fast():
+            return update_indexes([entry["output"] for entry in totals["outputs"]])
+
     checked = check(planned)
     embed >> checked
     report(checked)
+    index(checked)
