@@ -8,7 +8,8 @@ a wheel (no compiler); and a trained IVF takes new rows without retraining and d
 what extending an index across snapshots needs. Scores are exact inner products of the stored vectors, so
 the rows an IVF finds carry the same scores an exact scan gives them.
 
-Small indexes (below ~1,300 rows: 32 cells or fewer) probe every cell (nprobe == nlist): exact, and still cheap.
+Small indexes (below ~2,500 rows: 64 cells or fewer) probe every cell (nprobe == nlist): exact, and still cheap.
+Each segment of an extended index has its own cells (hubbeam.index.segment), probed the same way.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import math
 
 import numpy as np
 
-NPROBE = 32  # cells scanned per query: ~ 32/(4 √N) of the rows, 0.8 % at 1 M
+NPROBE = 64  # cells scanned per query: ~ 64/(4 √N) of the rows, 1.6 % at 1 M: recall@10 0.978 there, p99 14 ms
+# (32: 0.957, the 0.95 target with little margin; 48: 0.971; 96: 0.987 at p99 22 ms; BENCHMARKS.md "ANN index")
 MIN_ROWS_PER_CELL = 39  # what faiss's k-means wants per centroid
 TRAIN_ROWS_PER_CELL = 64  # training sample: at most this many rows per cell
 KIND = "IVFFlat"
@@ -29,7 +31,7 @@ def library() -> str:
 
 
 def parameters(rows: int, nlist: int | None = None, nprobe: int | None = None) -> tuple[int, int]:
-    """(nlist, nprobe) for an index of this many rows: ~4 √N cells (at least 39 rows each), 32 probed."""
+    """(nlist, nprobe) for an index of this many rows: ~4 √N cells (at least 39 rows each), 64 probed."""
     if nlist is None:
         nlist = min(round(4 * math.sqrt(rows)), rows // MIN_ROWS_PER_CELL)
     nlist = max(1, min(int(nlist), max(rows, 1)))
