@@ -4,7 +4,7 @@ plan -> embed (one mapped run of the Beam job per snapshot still to do, with thi
 interpreter: nothing is installed at run time) -> check (every manifest complete and accounted for) -> emits
 the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it) and index
 (the module digest's ANN index, NAME-DIGEST12/index/, extended with the new snapshots: each document once,
-its latest text; hubbeam.orchestration.indexing). Outputs are keyed by the module's digest: with the same
+its latest text, deleted ones dropped; hubbeam.orchestration.indexing). Outputs are keyed by the module's digest: with the same
 module only new snapshots are embedded; a new module digest embeds everything again.
 
 The job runs through the standard BashOperator, not the Beam provider's BeamRunPythonPipelineOperator: in
@@ -117,7 +117,7 @@ with DAG(
         if params["input"]:
             raise AirflowSkipException("an explicit output is not part of a module folder's index")
         with support.fail_fast():
-            return update_indexes([entry["output"] for entry in totals["outputs"]])
+            return update_indexes([entry["output"] for entry in totals["outputs"]], params["corpus_root"])
 
     checked = check(planned)
     embed >> checked

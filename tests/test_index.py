@@ -228,6 +228,7 @@ SNAPSHOTS = [  # id -> text per snapshot; tiny-wordvec's words are orthogonal, s
     {"d1": "sat sat mat", "d5": "cat , ,", "d6": "sat mat mat ,"},  # d1 changed, d5 and d6 new
     {"d5": "mat mat mat cat", "d2": "cat sat sat sat ,", "d7": "sat , , ,"},  # d5 changed again, d2 changed
 ]
+DELETED = [set(), {"d3"}, {"d3", "d6"}]  # gone from the corpus by each snapshot's extraction
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,21 @@ def _latest_texts():
     texts = {}
     for docs in SNAPSHOTS:
         texts.update(docs)
-    return texts
+    return {i: t for i, t in texts.items() if i not in DELETED[-1]}
+
+
+def _present(snapshots):
+    """output folder -> the ids its extraction found in the corpus (none listed for the first)."""
+    import pyarrow as pa
+
+    def present(directory):
+        number = snapshots.index(directory)
+        if number == 0:
+            return None
+        seen = set().union(*SNAPSHOTS[:number + 1]) - DELETED[number]
+        return pa.array(sorted(seen), pa.string())
+
+    return present
 
 
 def _hits(index_dir, outputs, queries, k):
@@ -266,18 +281,20 @@ def test_an_extended_index_answers_as_a_rebuild_does(snapshots, tmp_path, monkey
     from hubbeam.index import extend_index, segment
 
     extended, rebuilt = tmp_path / "extended", tmp_path / "rebuilt"
+    present = _present(snapshots)
     build_index(snapshots[:1], out=str(extended), latest=True)
     read = []
     real_read_shard = segment._read_shard
     monkeypatch.setattr(segment, "_read_shard", lambda output, n: read.append(output.directory) or
                         real_read_shard(output, n))
-    folder, manifest, built = build_index(snapshots[:2], out=str(extended))  # covers the first: extended
+    folder, manifest, built = build_index(snapshots[:2], out=str(extended), present=present)  # covers the first
     assert built and len(manifest["segments"]) == 2 and set(read) == {snapshots[1]}, "old shards were read again"
-    folder, manifest = extend_index(str(extended), snapshots[2:])
+    folder, manifest = extend_index(str(extended), snapshots[2:], present=present)
     assert len(manifest["segments"]) == 3 and manifest["latest"] and set(read) == set(snapshots[1:])
-    full = build_index(snapshots, out=str(rebuilt), latest=True)[1]
-    assert len(full["segments"]) == 1 and manifest["rows"] == full["rows"] == len(_latest_texts()) == 8
-    assert manifest["superseded"]["rows"] == full["superseded"]["rows"] == 3  # d1, d2, d5 (and d5 again)
+    full = build_index(snapshots, out=str(rebuilt), latest=True, present=present)[1]
+    assert len(full["segments"]) == 1 and manifest["rows"] == full["rows"] == len(_latest_texts()) == 6
+    # changed: d1, d2, d5 (twice); deleted: d3, d6
+    assert manifest["superseded"]["rows"] == full["superseded"]["rows"] == 5
 
     queries = np.random.default_rng(7).standard_normal((12, 4)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -286,10 +303,12 @@ def test_an_extended_index_answers_as_a_rebuild_does(snapshots, tmp_path, monkey
         for g, w in zip(got, want):
             assert [h[:4] for h in g] == [h[:4] for h in w], k
             assert [h[4] for h in g] == pytest.approx([h[4] for h in w], abs=2e-6)
-            assert len({h[0] for h in g}) == len(g) == min(k, 8)  # each document once
+            assert len({h[0] for h in g}) == len(g) == min(k, 6)  # each document once, deleted ones not
     # each id's row is its latest snapshot's
     latest_output = {i: max(n for n, docs in enumerate(SNAPSHOTS) if i in docs) for i in _latest_texts()}
     assert {h[0]: h[1] for h in _hits(extended, snapshots, queries[:1], 8)[0]} == latest_output
+    # without the present lists, deletions are not known: only changes supersede
+    assert build_index(snapshots, out=str(tmp_path / "no-lists"), latest=True)[1]["rows"] == 8
     # up to date: kept; an output already in it is refused; a rebuild replaces the segments
     assert build_index(snapshots, out=str(extended))[2] is False
     with pytest.raises(HubbeamError, match="is already in the index"):

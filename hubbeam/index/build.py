@@ -33,14 +33,16 @@ MAX_SEGMENTS = 32  # an extension past this many segments rebuilds the index as 
 
 def build_index(directories, out: str | None = None, *, force: bool = False, nlist: int | None = None,
                 nprobe: int | None = None, threads: int | None = None,
-                latest: bool | None = None) -> tuple[str, layout.IndexManifest, bool]:
+                latest: bool | None = None, present=None) -> tuple[str, layout.IndexManifest, bool]:
     """Index the finished runs in directories (one module digest) into out (default DIR/index).
 
     Returns (index folder, its manifest, whether it was built or extended): an index that already covers
     exactly these outputs' current shards is kept unless force; one that covers the first of them, in this
     order, is extended with the others. latest: ids are documents, and a row whose id comes again later
     (a later output, or later in the same run) is superseded: searches return each id's last row only
-    (default: the existing index's choice, else False). nlist / nprobe override hubbeam.index.ann.parameters.
+    (default: the existing index's choice, else False). present (latest only): output directory -> the ids
+    present when its snapshot was taken, or None; an id an output's list lacks is deleted from the outputs
+    before it (hubbeam.index.supersede). nlist / nprobe override hubbeam.index.ann.parameters.
     """
     from hubbeam.index.extend import extend_index
 
@@ -62,7 +64,8 @@ def build_index(directories, out: str | None = None, *, force: bool = False, nli
         covered = covered_prefix(current[1], outputs)
         if covered and len(current[1]["segments"]) < MAX_SEGMENTS:
             log.info("%s covers %d of %d outputs: extending it", index_dir, covered, len(outputs))
-            folder, manifest = extend_index(index_dir, outputs[covered:], threads=threads, found=current)
+            folder, manifest = extend_index(index_dir, outputs[covered:], threads=threads, found=current,
+                                            present=present)
             return folder, manifest, True
 
     vectors, rows, shards = segment.read_rows(outputs)
@@ -75,7 +78,8 @@ def build_index(directories, out: str | None = None, *, force: bool = False, nli
         "ann": {"library": ann.library(), "kind": ann.KIND, "nlist": written["nlist"], "nprobe": written["nprobe"]},
         "latest": latest,
     }
-    dropped = supersede.superseded_keys(rows, 0) if latest else np.empty(0, np.int64)
+    dropped = (supersede.superseded_keys(rows, 0, present=supersede.present_lists(outputs, 0, present)) if latest
+               else np.empty(0, np.int64))
     folder = publish_generation(index_dir, manifest, dropped, current, began)
     return folder, manifest, True
 

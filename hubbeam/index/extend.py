@@ -20,9 +20,11 @@ from hubbeam.index.generation import publish_generation
 
 
 def extend_index(index_dir: str, new_outputs, *, threads: int | None = None,
-                 found: tuple[str, layout.IndexManifest] | None = None) -> tuple[str, layout.IndexManifest]:
+                 found: tuple[str, layout.IndexManifest] | None = None,
+                 present=None) -> tuple[str, layout.IndexManifest]:
     """Extend the index at index_dir with the finished runs new_outputs (folders or coverage.Output), in
-    order after those it covers. Returns (new generation folder, its manifest)."""
+    order after those it covers. present: as for build_index (deletions, a `latest` index only). Returns
+    (new generation folder, its manifest)."""
     began = time.perf_counter()
     index_dir = str(index_dir).rstrip("/")
     if isinstance(new_outputs, (str, os.PathLike)):
@@ -59,7 +61,8 @@ def extend_index(index_dir: str, new_outputs, *, threads: int | None = None,
     del vectors
     dropped = supersede.read(folder, current)
     if current.get("latest"):
-        dropped = supersede.superseded_keys(rows, first_key, _old_ids(index_dir, folder, current), dropped)
+        dropped = supersede.superseded_keys(rows, first_key, _old_ids(index_dir, folder, current), dropped,
+                                            supersede.present_lists(outputs, first_key, present))
     manifest: layout.IndexManifest = {
         **current, "generation": "", "hubbeam_version": _version(), "outputs": current["outputs"] + [coverage.covered_output(o) for o in outputs],
         "segments": current["segments"] + [written],

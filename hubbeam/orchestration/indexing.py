@@ -3,6 +3,8 @@
     DATA_ROOT/embeddings/NAME-DIGEST12/index/     a `latest` index over every finished SNAPSHOT/PART there,
                                                   oldest snapshot first: each document once, its latest text
 
+Documents deleted from the corpus are dropped too: each snapshot lists the ids present at its extraction
+(hubbeam.orchestration.corpus, SNAPSHOT/present/PART/), and an indexed id a later list lacks is superseded.
 When the index already covers the older snapshots (the usual case: one new snapshot a run) only the new
 ones are read and added as a segment; anything else (no index yet, a snapshot embedded out of order, an
 older one embedded again, too many segments) rebuilds it. faiss works on local files: segments are staged
@@ -39,10 +41,18 @@ def module_outputs(module_folder: str, part: str) -> list[str]:
             if storage.exists(storage.join(module_folder, n, part, SUCCESS))]
 
 
-def update_indexes(outputs: list[str]) -> list[IndexUpdate]:
+def update_indexes(outputs: list[str], corpus_root: str | None = None) -> list[IndexUpdate]:
     """Extend (or build) the index of each module folder the checked outputs (…/NAME-DIGEST12/SNAPSHOT/PART)
-    are in, over all of that folder's finished outputs of their part."""
+    are in, over all of that folder's finished outputs of their part; with corpus_root, the snapshots' lists
+    of present ids drop deleted documents."""
     from hubbeam.index.build import build_index
+    from hubbeam.orchestration.corpus import read_present_ids
+
+    def present(output: str):
+        if corpus_root is None:
+            return None
+        loc = storage.location(output)
+        return read_present_ids(storage.join(corpus_root, loc.parent.name), loc.name)
 
     folders = {}
     for output in outputs:
@@ -51,7 +61,8 @@ def update_indexes(outputs: list[str]) -> list[IndexUpdate]:
     updates = []
     for folder, part in folders.items():
         covered = module_outputs(folder, part)
-        generation, manifest, built = build_index(covered, out=storage.join(folder, INDEX_DIR), latest=True)
+        generation, manifest, built = build_index(covered, out=storage.join(folder, INDEX_DIR), latest=True,
+                                                  present=present)
         updates.append({"index": generation, "outputs": len(manifest["outputs"]), "rows": manifest["rows"],
                         "segments": len(manifest["segments"]), "built": built})
     return updates
