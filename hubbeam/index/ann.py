@@ -4,8 +4,9 @@ faiss IVFFlat over unit vectors with inner product (== cosine): k-means cells, e
 full float32 vectors, and a query scans the `nprobe` cells nearest to it. Chosen by measurement
 (bench/index_bench.py, BENCHMARKS.md "ANN index"): on 2 cores it builds 100k × 384 in seconds where the
 HNSW graphs (faiss, hnswlib, usearch) took minutes, at recall@10 ≥ 0.99 and well under 1 ms a query; it is
-a wheel (no compiler); and a trained IVF takes new rows without retraining and drops rows by key, which is
-what extending an index across snapshots needs. Scores are exact inner products of the stored vectors, so
+a wheel (no compiler); and an IVF takes rows under keys the caller gives and skips a set of keys inside its
+scan (an IDSelector), which extending an index across snapshots needs (keys continue across segments;
+superseded rows are skipped, still k found). Scores are exact inner products of the stored vectors, so
 the rows an IVF finds carry the same scores an exact scan gives them.
 
 Small indexes (below ~2,500 rows: 64 cells or fewer) probe every cell (nprobe == nlist): exact, and still cheap.

@@ -37,7 +37,7 @@ IMAGES_DIR = "images"
 DEFAULT_SHARD_ROWS = 50_000
 FETCH_ROWS = 1000  # rows per round trip of the server-side cursor
 PRESENT_DIR = "present"
-PRESENT_SHARD_ROWS = 1_000_000  # ids per file of the present list
+PRESENT_SHARD_ROWS = 1_000_000  # image ids per file of the present list (the listing is in memory anyway)
 
 
 def _naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
@@ -165,7 +165,7 @@ def extract_text(db_uri: str, snapshot_dir: str, start: dt.datetime | None, end:
             shards.flush()
             present = _write_present(snapshot_dir, TEXT_DIR, (str(row_id) for (row_id,) in connection.execution_options(
                 stream_results=True, yield_per=FETCH_ROWS).execute(
-                sa.text(f"SELECT {id_column} FROM {table} ORDER BY {id_column}"))))
+                sa.text(f"SELECT {id_column} FROM {table} ORDER BY {id_column}"))), shard_rows)
     except sa.exc.SQLAlchemyError as exc:
         raise HubbeamError(f"cannot read {table} from the corpus database: {str(exc).splitlines()[0]}") from exc
     finally:
@@ -174,8 +174,9 @@ def extract_text(db_uri: str, snapshot_dir: str, start: dt.datetime | None, end:
     return {"rows": shards.rows, "duplicates_dropped": duplicates, "shards": shards.shards, "present": present}
 
 
-def _write_present(snapshot_dir: str, part: str, ids) -> dict:
-    """The ids present now (sorted by the caller) as SNAPSHOT/present/PART/ shards: {"rows", "shards"}."""
+def _write_present(snapshot_dir: str, part: str, ids, shard_rows: int) -> dict:
+    """The ids present now (sorted by the caller) as SNAPSHOT/present/PART/ shards of shard_rows ids (memory:
+    one shard's ids, no more than the text shards hold): {"rows", "shards"}."""
     import pyarrow as pa
 
     out_dir = storage.join(snapshot_dir, PRESENT_DIR, part)
@@ -183,7 +184,7 @@ def _write_present(snapshot_dir: str, part: str, ids) -> dict:
     shards, batch, rows = [], [], 0
     for row_id in ids:
         batch.append(row_id)
-        if len(batch) >= PRESENT_SHARD_ROWS:
+        if len(batch) >= shard_rows:
             shards.append(_write_shard(out_dir, len(shards), pa.table({"id": pa.array(batch, pa.string())})))
             rows, batch = rows + len(batch), []
     if batch or not shards:
@@ -233,7 +234,7 @@ def extract_images(source: str, snapshot_dir: str, start: dt.datetime | None, en
     shards = _write_shards(table, storage.join(snapshot_dir, IMAGES_DIR), shard_rows)
     present = _write_present(snapshot_dir, IMAGES_DIR, sorted(
         posixpath.relpath(storage.location(url).path, root.path) for url in listing
-        if url.lower().endswith(IMAGE_SUFFIXES)))
+        if url.lower().endswith(IMAGE_SUFFIXES)), PRESENT_SHARD_ROWS)
     return {"rows": table.num_rows, "duplicates_dropped": duplicates, "shards": shards, "present": present}
 
 
