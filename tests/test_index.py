@@ -313,6 +313,8 @@ def test_an_extended_index_answers_as_a_rebuild_does(snapshots, tmp_path, monkey
     assert build_index(snapshots, out=str(extended))[2] is False
     with pytest.raises(HubbeamError, match="is already in the index"):
         extend_index(str(extended), snapshots[1:2])
+    reordered = build_index(snapshots[::-1], out=str(extended), present=present)  # other winners: rebuilt
+    assert reordered[2] is True and len(reordered[1]["segments"]) == 1
 
 
 EXTEND_AND_DIE = """

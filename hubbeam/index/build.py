@@ -58,8 +58,9 @@ def build_index(directories, out: str | None = None, *, force: bool = False, nli
     if latest is None:
         latest = bool(current and current[1].get("latest"))
     keeps_mode = current is not None and bool(current[1].get("latest")) == latest
-    if current and not force and keeps_mode and stale_reason(current[1], outputs) is None:
-        return current[0], current[1], False
+    if current and not force and keeps_mode and stale_reason(current[1], outputs) is None \
+            and (not latest or covered_prefix(current[1], outputs, whole=True)):
+        return current[0], current[1], False  # (a latest index also in the same order: later rows win)
     if current and not force and keeps_mode and nlist is None and nprobe is None:
         covered = covered_prefix(current[1], outputs)
         if covered and len(current[1]["segments"]) < MAX_SEGMENTS:
@@ -84,11 +85,13 @@ def build_index(directories, out: str | None = None, *, force: bool = False, nli
     return folder, manifest, True
 
 
-def covered_prefix(index: layout.IndexManifest, outputs: list[Output]) -> int:
+def covered_prefix(index: layout.IndexManifest, outputs: list[Output], whole: bool = False) -> int:
     """How many of outputs, from the first, the index covers in the same order (same shards), when it covers
-    nothing else and an extension can add the rest; else 0. Format-1 indexes are never extended."""
+    nothing else and an extension can add the rest (whole: when it covers all of them); else 0. Format-1
+    indexes are never extended."""
     covered = index["outputs"]
-    if index.get("format") != layout.FORMAT or not 0 < len(covered) < len(outputs):
+    fits = len(covered) == len(outputs) if whole else 0 < len(covered) < len(outputs)
+    if not fits or (not whole and index.get("format") != layout.FORMAT):
         return 0
     if stale_reason(index, outputs[:len(covered)]) is not None:
         return 0
