@@ -204,12 +204,39 @@ def run(name, data, queries, truth) -> dict | None:
     return result
 
 
+def sweep_nprobe(data, queries, truth, nprobes: list[int]) -> None:
+    """One IVFFlat built with hubbeam's parameters, queried at each nprobe: what a wider probe costs and buys."""
+    import faiss
+
+    from hubbeam.index import ann
+
+    nlist, _ = ann.parameters(len(data))
+    began = time.perf_counter()
+    index = ann.build(data, 0, nlist, nprobes[0], threads=os.cpu_count())
+    build_s = time.perf_counter() - began
+    faiss.omp_set_num_threads(1)
+    for nprobe in nprobes:
+        index.nprobe = nprobe
+        for q in queries[:20]:  # warm-up
+            ann.search(index, q[None, :], K)
+        latencies, found = [], []
+        for q in queries:
+            t = time.perf_counter()
+            found.append(ann.search(index, q[None, :], K)[1][0])
+            latencies.append((time.perf_counter() - t) * 1000)
+        recall = np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)])
+        print(f"| faiss {faiss.__version__} IVFFlat nlist={nlist} nprobe={nprobe} | {build_s:.1f} | {recall:.4f} | "
+              f"{np.percentile(latencies, 50):.3f} | {np.percentile(latencies, 99):.3f} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--libs", nargs="+", default=["faiss-hnsw", "faiss-ivf", "usearch", "usearch-f16", "hnswlib"],
                         choices=sorted(CANDIDATES))
+    parser.add_argument("--nprobe", type=int, nargs="+",
+                        help="instead of --libs: build hubbeam's IVFFlat once and query it at each nprobe")
     args = parser.parse_args(argv)
     print(cpu_description())
     print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} cpus, "
@@ -218,6 +245,11 @@ def main(argv=None):
     data, queries = make_data(args.rows, args.queries)
     truth = exact_top_k(data, queries)
     print(f"{args.rows:,} rows x {DIM}, {args.queries} queries; data + exact truth in {time.perf_counter() - began:.1f} s")
+    if args.nprobe:
+        print("| parameters | build s | recall@10 | p50 ms | p99 ms |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        sweep_nprobe(data, queries, truth, args.nprobe)
+        return
     print("| library / parameters | build s | RSS MB | file MB | recall@10 | p50 ms | p99 ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.libs:

@@ -2,11 +2,12 @@
 
 plan -> embed (one mapped run of the Beam job per snapshot still to do, with this environment's own
 interpreter: nothing is installed at run time) -> check (every manifest complete and accounted for) -> emits
-the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it) and
-load_pgvector (with the pgvector_conn_id Param: the checked outputs into PostgreSQL + pgvector, as
-`hubbeam load-pgvector` does; skipped without it). Outputs
-are keyed by the module's digest: with the same module only new snapshots are embedded; a new module digest
-embeds everything again.
+the embeddings asset -> report (`report.html` in each output folder, as `hubbeam report` writes it), index
+(the module digest's ANN index, NAME-DIGEST12/index/, extended with the new snapshots: each document once,
+its latest text, deleted ones dropped; hubbeam.orchestration.indexing) and load_pgvector (with the
+pgvector_conn_id Param: the checked outputs into PostgreSQL + pgvector, as `hubbeam load-pgvector` does;
+skipped without it). Outputs are keyed by the module's digest: with the same module only new snapshots are
+embedded; a new module digest embeds everything again.
 
 The job runs through the standard BashOperator, not the Beam provider's BeamRunPythonPipelineOperator: in
 apache-airflow-providers-apache-beam 6.3.1 that operator cannot even be constructed without
@@ -113,6 +114,18 @@ with DAG(
             return write_reports([entry["output"] for entry in totals["outputs"]])
 
     @task
+    def index(totals: dict, params=None) -> list[dict]:
+        """The module digest's index extended with the snapshots just checked (an explicit output: none)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from hubbeam.orchestration.indexing import update_indexes
+
+        if params["input"]:
+            raise AirflowSkipException("an explicit output is not part of a module folder's index")
+        with support.fail_fast():
+            return update_indexes([entry["output"] for entry in totals["outputs"]], params["corpus_root"])
+
+    @task
     def load_pgvector(totals: dict, params=None) -> dict:
         """Upsert the checked outputs into PostgreSQL + pgvector by (id, module digest); an unreachable server
         is retried (StorageError), bad input is not."""
@@ -131,4 +144,5 @@ with DAG(
     checked = check(planned)
     embed >> checked
     report(checked)
+    index(checked)
     load_pgvector(checked)

@@ -354,14 +354,17 @@ def _cmd_search(args) -> int:
 def _cmd_index(args) -> int:
     from hubbeam.index.build import build_index
 
-    folder, manifest, built = build_index(args.embeddings, args.out, force=args.force)
-    summary = {"index": folder, "built": built, "rows": manifest["rows"], "dim": manifest["dim"],
+    folder, manifest, built = build_index(args.embeddings, args.out, force=args.force,
+                                          latest=True if args.latest else None)
+    summary = {"index": folder, "built": built, "rows": manifest["rows"], "segments": len(manifest["segments"]),
+               "latest": bool(manifest.get("latest")), "dim": manifest["dim"],
                "module_sha256": manifest["module"]["sha256"], "ann": manifest["ann"], "seconds": manifest["seconds"]}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         what = "indexed" if built else "up to date:"
-        print(f"{what} {manifest['rows']:,} rows of {len(manifest['outputs'])} output(s) -> {folder} "
+        print(f"{what} {manifest['rows']:,} rows of {len(manifest['outputs'])} output(s) in "
+              f"{len(manifest['segments'])} segment(s) -> {folder} "
               f"({manifest['ann']['kind']} nlist {manifest['ann']['nlist']} nprobe {manifest['ann']['nprobe']}, "
               f"{manifest['seconds']:.1f} s)")
     return 0
@@ -424,11 +427,17 @@ def _add_inspection_commands(sub, handle_help: str) -> None:
                     "(into DIR/index) or several runs of one module (into --out). It records the module digest, "
                     "dim, metric and the shards it covers (name, sha256, rows; each shard is checked against "
                     "its manifest while read); a new index replaces the old one only when complete. An index that "
-                    "already covers the runs' current shards is kept (--force rebuilds it).",
+                    "already covers the runs' current shards is kept (--force rebuilds it); one that covers the "
+                    "first DIRs, in order, is extended with the others (a new segment; old shards are not read "
+                    "again).",
         epilog="example: hubbeam index out/ && hubbeam search --embeddings out/ --module build/modules/minilm \"q\"")
     p.add_argument("embeddings", nargs="+", metavar="DIR", help="output folder(s) of `hubbeam embed`")
     p.add_argument("--out", metavar="INDEX_DIR", help="where to write it (default: DIR/index; needed for several DIRs)")
     p.add_argument("--force", action="store_true", help="rebuild even if the index is up to date")
+    p.add_argument("--latest", action="store_true",
+                   help="ids are documents and the DIRs snapshots, oldest first: a row whose id comes again later "
+                        "is superseded, so a search returns each id once, with its latest text (kept when the "
+                        "index is extended)")
     p.add_argument("--json", action="store_true", help="print what was built as JSON")
     p.set_defaults(func=_cmd_index)
 

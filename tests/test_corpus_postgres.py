@@ -74,10 +74,17 @@ def tree_digests(root: Path) -> dict:
 def test_incremental_extraction_inserts_updates_and_deletes(postgres_db, tmp_path):
     """Each snapshot holds the rows whose updated_at falls in its interval, in id order, deduplicated.
 
-    Deletes: the design extracts changed rows only, so a deleted row simply stops appearing; nothing in a
-    later snapshot says it is gone (no tombstones), and the earlier snapshot that holds it is not rewritten.
+    Deletes: the design extracts changed rows only, so a deleted row stops appearing, and the earlier snapshot
+    that holds it is not rewritten; each snapshot also lists the ids present at extraction (SNAPSHOT/present/),
+    which a deleted one is missing from (the index drops it: tests/test_index_dag.py).
     """
+    import pyarrow.parquet as pq
+
     from hubbeam.orchestration.corpus import extract_text
+
+    def present(snapshot):
+        return [i for part in sorted((snapshot / "present" / "text").glob("part-*.parquet"))
+                for i in pq.read_table(part).column("id").to_pylist()]
 
     url = postgres_db.url()
     execute(url, "CREATE TABLE documents (id VARCHAR(255) PRIMARY KEY, text TEXT, updated_at TIMESTAMP)",
@@ -92,7 +99,9 @@ def test_incremental_extraction_inserts_updates_and_deletes(postgres_db, tmp_pat
 
     result = extract_text(url, str(first), None, D1, shard_rows=2)
     assert result == {"rows": 4, "duplicates_dropped": 1, "shards": [{"file": "part-00000.parquet", "rows": 2},
-                                                                     {"file": "part-00001.parquet", "rows": 2}]}
+                                                                     {"file": "part-00001.parquet", "rows": 2}],
+                      "present": {"rows": 6, "shards": [{"file": f"part-0000{n}.parquet", "rows": 2} for n in range(3)]}}
+    assert present(first) == ["a", "b", "c", "d", "e", "f"]  # every id, changed in the interval or not
     rows = snapshot_rows(first)
     assert [(r["id"], r["text"]) for r in rows] == [
         ("a", "alpha document"), ("b", "beta, first version"), ("c", "gamma, to be deleted"),
@@ -114,9 +123,10 @@ def test_incremental_extraction_inserts_updates_and_deletes(postgres_db, tmp_pat
         ("b", "beta, second version", "2026-11-20 07:00:00"),
         ("f", "already from the next interval", "2026-11-20 00:00:00"),
         ("g", "a new document", "2026-11-20 12:30:00")]
-    # c is gone from the source and absent from the new snapshot, with no marker; the first snapshot keeps it
-    # (and b's first version) untouched.
+    # c is gone from the source: absent from the new snapshot's rows and from its list of present ids; the first
+    # snapshot keeps it (and b's first version) untouched.
     assert "c" not in {r["id"] for r in snapshot_rows(second)}
+    assert present(second) == ["a", "b", "d", "e", "f", "g", "h"]
     assert tree_digests(first) == first_files
 
     # Re-running the second interval reads the same rows and writes the same bytes.

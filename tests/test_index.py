@@ -27,6 +27,14 @@ def _current(index_dir):
     return json.loads((index_dir / layout.CURRENT).read_text())["generation"]
 
 
+def _in_use(index_dir, *generations):
+    """The generations and the segment folders they list: what a build leaves beside CURRENT."""
+    names = set(generations)
+    for generation in generations:
+        names |= {s["folder"] for s in json.loads((index_dir / generation / layout.MANIFEST).read_text())["segments"]}
+    return names | {layout.CURRENT}
+
+
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory, minilm_module):
     """A minilm run (2 shards) of the near-duplicate pairs, fillers and 20 unrelated topics; its texts."""
@@ -150,13 +158,14 @@ def test_a_killed_build_leaves_the_previous_index_in_use(small_run, killed_in):
     died = subprocess.run([sys.executable, "-c", KILL_DURING_BUILD, str(ws["out"]), killed_in], capture_output=True,
                           text=True, timeout=120)
     assert died.returncode == 9, died.stderr
-    leftovers = {p.name for p in index_dir.iterdir()} - {generation, layout.CURRENT}
-    assert len(leftovers) == 1  # the dead build's staging folder (killed in save) or unpublished generation
+    leftovers = {p.name for p in index_dir.iterdir()} - _in_use(index_dir, generation)
+    # the dead build's segment staging folder (killed in save), or its segment and unpublished generation
+    assert len(leftovers) == (1 if killed_in == "save" else 2), leftovers
     assert _current(index_dir) == generation
     searcher = Searcher(ws["out"], ws["module"])
     assert searcher.mode == "index" and searcher.search("cat , cat", k=5) == expected
     assert build_index([str(ws["out"])], force=True)[2] is True
-    assert {p.name for p in index_dir.iterdir()} == {generation, _current(index_dir), layout.CURRENT}
+    assert {p.name for p in index_dir.iterdir()} == _in_use(index_dir, generation, _current(index_dir))
 
 
 def test_a_failed_build_raises_and_keeps_the_index(small_run, monkeypatch):
@@ -173,7 +182,7 @@ def test_a_failed_build_raises_and_keeps_the_index(small_run, monkeypatch):
     with pytest.raises(HubbeamError, match="disk full"):
         build_index([str(ws["out"])], force=True)
     assert _current(ws["out"] / "index") == generation
-    assert {p.name for p in (ws["out"] / "index").iterdir()} == {generation, layout.CURRENT}
+    assert {p.name for p in (ws["out"] / "index").iterdir()} == _in_use(ws["out"] / "index", generation)
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(small_run, tmp_path):
@@ -210,3 +219,132 @@ def test_an_index_over_two_runs(small_run, tmp_path):
     assert [r["id"] for r in exact][:2] == ["r2", "r2"]
     with pytest.raises(HubbeamError, match="stale index"):  # it does not answer for one of the runs alone
         Searcher([ws["out"]], ws["module"], index=str(index_dir))
+
+
+# --- extension across snapshots (issue 19, item 3) ------------------------------------------------------------------
+
+SNAPSHOTS = [  # id -> text per snapshot; tiny-wordvec's words are orthogonal, so every text has its own direction
+    {"d0": "cat", "d1": "sat", "d2": "cat sat", "d3": "mat ,", "d4": "cat cat sat mat"},
+    {"d1": "sat sat mat", "d5": "cat , ,", "d6": "sat mat mat ,"},  # d1 changed, d5 and d6 new
+    {"d5": "mat mat mat cat", "d2": "cat sat sat sat ,", "d7": "sat , , ,"},  # d5 changed again, d2 changed
+]
+DELETED = [set(), {"d3"}, {"d3", "d6"}]  # gone from the corpus by each snapshot's extraction
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory, tiny_wordvec_module):
+    """Three finished runs of successive corpus snapshots (later ones change some documents), oldest first."""
+    root = tmp_path_factory.mktemp("snapshots")
+    outs = []
+    for number, docs in enumerate(SNAPSHOTS):
+        source = root / f"snapshot-{number}.jsonl"
+        source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs.items()))
+        out = root / f"snapshot-{number}"
+        run_embed(EmbedJob(input=str(source), output=str(out), module=str(tiny_wordvec_module),
+                           num_shards=2 if number == 0 else 1))
+        outs.append(str(out))
+    return outs
+
+
+def _latest_texts():
+    texts = {}
+    for docs in SNAPSHOTS:
+        texts.update(docs)
+    return {i: t for i, t in texts.items() if i not in DELETED[-1]}
+
+
+def _present(snapshots):
+    """output folder -> the ids its extraction found in the corpus (none listed for the first)."""
+    import pyarrow as pa
+
+    def present(directory):
+        number = snapshots.index(directory)
+        if number == 0:
+            return None
+        seen = set().union(*SNAPSHOTS[:number + 1]) - DELETED[number]
+        return pa.array(sorted(seen), pa.string())
+
+    return present
+
+
+def _hits(index_dir, outputs, queries, k):
+    from hubbeam.index.coverage import read_outputs
+    from hubbeam.index.reader import open_index
+
+    loaded = open_index(str(index_dir), read_outputs(outputs))
+    return [[(h.id, h.output, h.shard, h.row, h.score) for h in hits] for hits in loaded.search(queries, k)]
+
+
+def test_an_extended_index_answers_as_a_rebuild_does(snapshots, tmp_path, monkeypatch):
+    import numpy as np
+
+    from hubbeam.index import extend_index, segment
+
+    extended, rebuilt = tmp_path / "extended", tmp_path / "rebuilt"
+    present = _present(snapshots)
+    build_index(snapshots[:1], out=str(extended), latest=True)
+    read = []
+    real_read_shard = segment._read_shard
+    monkeypatch.setattr(segment, "_read_shard", lambda output, n: read.append(output.directory) or
+                        real_read_shard(output, n))
+    folder, manifest, built = build_index(snapshots[:2], out=str(extended), present=present)  # covers the first
+    assert built and len(manifest["segments"]) == 2 and set(read) == {snapshots[1]}, "old shards were read again"
+    folder, manifest = extend_index(str(extended), snapshots[2:], present=present)
+    assert len(manifest["segments"]) == 3 and manifest["latest"] and set(read) == set(snapshots[1:])
+    full = build_index(snapshots, out=str(rebuilt), latest=True, present=present)[1]
+    assert len(full["segments"]) == 1 and manifest["rows"] == full["rows"] == len(_latest_texts()) == 6
+    # changed: d1, d2, d5 (twice); deleted: d3, d6
+    assert manifest["superseded"]["rows"] == full["superseded"]["rows"] == 5
+
+    queries = np.random.default_rng(7).standard_normal((12, 4)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for k in (1, 3, 8, 20):
+        got, want = _hits(extended, snapshots, queries, k), _hits(rebuilt, snapshots, queries, k)
+        for g, w in zip(got, want):
+            assert [h[:4] for h in g] == [h[:4] for h in w], k
+            assert [h[4] for h in g] == pytest.approx([h[4] for h in w], abs=2e-6)
+            assert len({h[0] for h in g}) == len(g) == min(k, 6)  # each document once, deleted ones not
+    # each id's row is its latest snapshot's
+    latest_output = {i: max(n for n, docs in enumerate(SNAPSHOTS) if i in docs) for i in _latest_texts()}
+    assert {h[0]: h[1] for h in _hits(extended, snapshots, queries[:1], 8)[0]} == latest_output
+    # without the present lists, deletions are not known: only changes supersede
+    assert build_index(snapshots, out=str(tmp_path / "no-lists"), latest=True)[1]["rows"] == 8
+    # up to date: kept; an output already in it is refused; a rebuild replaces the segments
+    assert build_index(snapshots, out=str(extended))[2] is False
+    with pytest.raises(HubbeamError, match="is already in the index"):
+        extend_index(str(extended), snapshots[1:2])
+    reordered = build_index(snapshots[::-1], out=str(extended), present=present)  # other winners: rebuilt
+    assert reordered[2] is True and len(reordered[1]["segments"]) == 1
+
+
+EXTEND_AND_DIE = """
+import os, sys
+from hubbeam.index import ann, layout
+from hubbeam.index.extend import extend_index
+
+def die(*args, **kwargs):
+    os._exit(9)  # as if killed: no cleanup runs
+
+setattr(ann if sys.argv[3] == "save" else layout, sys.argv[3], die)
+extend_index(sys.argv[1], [sys.argv[2]])
+"""
+
+
+@pytest.mark.parametrize("killed_in", ["save", "publish"])
+def test_a_killed_extension_leaves_the_previous_index_in_use(snapshots, tmp_path, killed_in):
+    import numpy as np
+
+    index_dir = tmp_path / "idx"
+    build_index(snapshots[:2], out=str(index_dir), latest=True)
+    generation, before = _current(index_dir), sorted(p.name for p in index_dir.iterdir())
+    queries = np.eye(4, dtype=np.float32)
+    expected = _hits(index_dir, snapshots[:2], queries, 5)
+    died = subprocess.run([sys.executable, "-c", EXTEND_AND_DIE, str(index_dir), snapshots[2], killed_in],
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    assert _current(index_dir) == generation and len(set(p.name for p in index_dir.iterdir()) - set(before)) >= 1
+    assert _hits(index_dir, snapshots[:2], queries, 5) == expected
+    assert build_index(snapshots, out=str(index_dir))[2] is True  # the next extension sweeps the dead one's folders
+    manifest = json.loads((index_dir / _current(index_dir) / layout.MANIFEST).read_text())
+    assert len(manifest["segments"]) == 2
+    assert {p.name for p in index_dir.iterdir()} == _in_use(index_dir, generation, _current(index_dir))

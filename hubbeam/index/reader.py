@@ -5,7 +5,8 @@
 
 Loading reads the current generation's segments and row tables once (a remote index is downloaded to a
 temporary file first); memory: the vectors (4 × dim bytes a row) plus the row table (id, source, digest).
-Ties are broken as the exact scan breaks them: by output, shard, row.
+Ties are broken as the exact scan breaks them: by output, shard, row. Superseded rows (a `latest` index) are
+skipped inside each segment's scan, so every segment still offers its k best live rows.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class LoadedIndex:
         self.directory = directory  # the generation folder
         self.manifest = manifest
         self._pairing = pairing  # index output -> given output position
-        self._segments = segments  # (faiss index, first_key, pyarrow rows table)
+        self._segments = segments  # (faiss index, first_key, pyarrow rows table, ann.Excluded | None)
 
     @property
     def rows(self) -> int:
@@ -48,8 +49,8 @@ class LoadedIndex:
         if queries.shape[1] != self.manifest["dim"]:
             raise HubbeamError(f"query vectors are {queries.shape[1]}-d but the index holds {self.manifest['dim']}-d rows")
         found = [[] for _ in range(len(queries))]
-        for index, first_key, rows in self._segments:
-            scores, keys = ann.search(index, queries, min(k, max(rows.num_rows, 1)))
+        for index, first_key, rows, excluded in self._segments:
+            scores, keys = ann.search(index, queries, min(k, max(rows.num_rows, 1)), excluded)
             for q in range(len(queries)):
                 for score, key in zip(scores[q], keys[q]):
                     if key >= 0:
@@ -77,20 +78,25 @@ def open_index(index_dir: str, outputs: list[Output], found=None) -> LoadedIndex
     import pyarrow.parquet as pq
 
     from hubbeam import storage
+    from hubbeam.index import supersede
 
     found = found or find_index(index_dir)
     if found is None:
         raise HubbeamError(f"no index at {index_dir} (build one with hubbeam index)")
     folder, manifest = found
     pairing = match(manifest, outputs)  # before anything big is read
+    superseded = supersede.read(folder, manifest)
     segments = []
     for segment in manifest["segments"]:
-        with storage.local_file(storage.join(folder, segment["file"])) as path:
-            index = ann.load(str(path), manifest["ann"]["nprobe"])
-        with storage.open(storage.join(folder, segment["rows_file"])) as f:
+        where = layout.segment_folder(index_dir, folder, segment)
+        with storage.local_file(storage.join(where, segment["file"])) as path:
+            index = ann.load(str(path), segment.get("nprobe", manifest["ann"]["nprobe"]))
+        with storage.open(storage.join(where, segment["rows_file"])) as f:
             rows = pq.read_table(f, read_dictionary=["source"])
         if rows.num_rows != segment["rows"] or index.ntotal != segment["rows"]:
             raise HubbeamError(f"{folder}: segment {segment['file']} holds {index.ntotal} rows, its row table "
                                f"{rows.num_rows}, the manifest {segment['rows']}: the index is damaged; rebuild it")
-        segments.append((index, segment["first_key"], rows))
+        first, last = np.searchsorted(superseded, [segment["first_key"], segment["first_key"] + segment["rows"]])
+        excluded = ann.Excluded(superseded[first:last]) if last > first else None
+        segments.append((index, segment["first_key"], rows, excluded))
     return LoadedIndex(folder, manifest, pairing, segments)

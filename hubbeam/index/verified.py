@@ -2,7 +2,7 @@
 
 Its sha256 must be the manifest's (whatever reads it then vouches for exactly those bytes), its
 `hubbeam.module_sha256` metadata the manifest's module, and its row count the manifest's. Shared by the
-faiss index (hubbeam.index.build) and the PostgreSQL loader (hubbeam.index.pgvector).
+faiss index (hubbeam.index.segment) and the PostgreSQL loader (hubbeam.index.pgvector).
 """
 from __future__ import annotations
 

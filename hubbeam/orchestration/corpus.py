@@ -3,8 +3,15 @@
 The watermark is the run's data interval: rows with `START <= updated_at < END` (the first run, with no
 previous successful interval, takes everything before END). Re-running an interval therefore reads the
 same rows and writes the same files; a later interval carries only what changed since. Within a snapshot,
-rows with identical content (sha256) are kept once. Deleted rows are not tracked: they are simply absent
-from later snapshots (an earlier snapshot keeps what it had).
+rows with identical content (sha256) are kept once.
+
+Deletions: a deleted row leaves nothing for the `updated_at` query to read, so each snapshot also lists the
+ids present at extraction time (SNAPSHOT/present/PART/part-NNNNN.parquet, one `id` column: a scan of the id
+column (the primary key's index in SQLite and PostgreSQL), and the file listing the image scan makes
+anyway). A document indexed from an earlier snapshot and absent from a later one's list was deleted
+(hubbeam.index.supersede). The two SQL queries need not see one moment: a row deleted between them is
+present in this snapshot's rows but not its list, and is dropped by the next snapshot's list; a row added
+between them is listed but has no row yet, which deletes nothing.
 
 Text is streamed: a server-side cursor reads FETCH_ROWS rows at a time and each shard is written as soon as
 it fills, so memory is bounded by shard_rows, not by the size of the table.
@@ -29,6 +36,8 @@ TEXT_DIR = "text"
 IMAGES_DIR = "images"
 DEFAULT_SHARD_ROWS = 50_000
 FETCH_ROWS = 1000  # rows per round trip of the server-side cursor
+PRESENT_DIR = "present"
+PRESENT_SHARD_ROWS = 1_000_000  # image ids per file of the present list (the listing is in memory anyway)
 
 
 def _naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
@@ -154,12 +163,52 @@ def extract_text(db_uri: str, snapshot_dir: str, start: dt.datetime | None, end:
                 else:
                     duplicates += 1
             shards.flush()
+            present = _write_present(snapshot_dir, TEXT_DIR, (str(row_id) for (row_id,) in connection.execution_options(
+                stream_results=True, yield_per=FETCH_ROWS).execute(
+                sa.text(f"SELECT {id_column} FROM {table} ORDER BY {id_column}"))), shard_rows)
     except sa.exc.SQLAlchemyError as exc:
         raise HubbeamError(f"cannot read {table} from the corpus database: {str(exc).splitlines()[0]}") from exc
     finally:
         seen.close()
         engine.dispose()
-    return {"rows": shards.rows, "duplicates_dropped": duplicates, "shards": shards.shards}
+    return {"rows": shards.rows, "duplicates_dropped": duplicates, "shards": shards.shards, "present": present}
+
+
+def _write_present(snapshot_dir: str, part: str, ids, shard_rows: int) -> dict:
+    """The ids present now (sorted by the caller) as SNAPSHOT/present/PART/ shards of shard_rows ids (memory:
+    one shard's ids, no more than the text shards hold): {"rows", "shards"}."""
+    import pyarrow as pa
+
+    out_dir = storage.join(snapshot_dir, PRESENT_DIR, part)
+    storage.remove(out_dir)
+    shards, batch, rows = [], [], 0
+    for row_id in ids:
+        batch.append(row_id)
+        if len(batch) >= shard_rows:
+            shards.append(_write_shard(out_dir, len(shards), pa.table({"id": pa.array(batch, pa.string())})))
+            rows, batch = rows + len(batch), []
+    if batch or not shards:
+        shards.append(_write_shard(out_dir, len(shards), pa.table({"id": pa.array(batch, pa.string())})))
+        rows += len(batch)
+    return {"rows": rows, "shards": shards}
+
+
+def read_present_ids(snapshot_dir: str, part: str):
+    """The ids present when the snapshot was extracted (a pyarrow array), or None for a snapshot without a
+    list (extracted before lists were written)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = read_snapshot_manifest(snapshot_dir) or {}
+    entry = (manifest.get("parts", {}).get(part) or {}).get("present")
+    if entry is None:
+        return None
+    folder = storage.join(snapshot_dir, PRESENT_DIR, part)
+    tables = []
+    for shard in entry["shards"]:
+        with storage.open(storage.join(folder, shard["file"])) as f:
+            tables.append(pq.read_table(f, columns=["id"]))
+    return pa.concat_tables(tables).column("id").combine_chunks() if tables else pa.array([], pa.string())
 
 
 def extract_images(source: str, snapshot_dir: str, start: dt.datetime | None, end: dt.datetime,
@@ -169,7 +218,8 @@ def extract_images(source: str, snapshot_dir: str, start: dt.datetime | None, en
 
     root = storage.location(source)
     records = []
-    for url, info in storage.list_files(root).items():
+    listing = storage.list_files(root)
+    for url, info in listing.items():
         if not url.lower().endswith(IMAGE_SUFFIXES):
             continue
         modified = _modified(info)
@@ -182,7 +232,10 @@ def extract_images(source: str, snapshot_dir: str, start: dt.datetime | None, en
     table = pa.Table.from_pylist(records, schema=pa.schema([
         ("id", pa.string()), ("image", pa.binary()), ("mtime", pa.string()), ("content_sha256", pa.string())]))
     shards = _write_shards(table, storage.join(snapshot_dir, IMAGES_DIR), shard_rows)
-    return {"rows": table.num_rows, "duplicates_dropped": duplicates, "shards": shards}
+    present = _write_present(snapshot_dir, IMAGES_DIR, sorted(
+        posixpath.relpath(storage.location(url).path, root.path) for url in listing
+        if url.lower().endswith(IMAGE_SUFFIXES)), PRESENT_SHARD_ROWS)
+    return {"rows": table.num_rows, "duplicates_dropped": duplicates, "shards": shards, "present": present}
 
 
 def _modified(info: dict) -> dt.datetime | None:

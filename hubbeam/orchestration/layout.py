@@ -2,8 +2,10 @@
 
     DATA_ROOT/corpus/SNAPSHOT/text/part-NNNNN.parquet     id, text, updated_at, content_sha256
     DATA_ROOT/corpus/SNAPSHOT/images/part-NNNNN.parquet   id, image (bytes), mtime, content_sha256
+    DATA_ROOT/corpus/SNAPSHOT/present/{text,images}/part-NNNNN.parquet   id: every id present at extraction
     DATA_ROOT/corpus/SNAPSHOT/manifest.json, _SUCCESS
     DATA_ROOT/embeddings/MODULE-DIGEST12/SNAPSHOT/{text,images}/   a `hubbeam embed` output folder
+    DATA_ROOT/embeddings/MODULE-DIGEST12/index/                   its `latest` index (orchestration.indexing)
     DATA_ROOT/finetune/VERSION/module/                         a fine-tuned module before it is published
     DATA_ROOT/modules/NAME/VERSION/                            published modules
 
