@@ -192,7 +192,9 @@ def test_a_store_outage_fails_the_task_clearly_and_a_rerun_completes(
         run_dag(dagbag, "corpus_extraction", LOGICAL_DATE, **conf)
         snapshot = storage.read_json(storage.join(root, "corpus", SNAPSHOT, "manifest.json"))
         files = storage.find(storage.join(root, "corpus", SNAPSHOT))
-        assert sorted(files) == ["_SUCCESS", "images/part-00000.parquet", "manifest.json", "text/part-00000.parquet"]
+        assert sorted(files) == ["_SUCCESS", "images/part-00000.parquet", "manifest.json",
+                                 "present/images/part-00000.parquet", "present/text/part-00000.parquet",
+                                 "text/part-00000.parquet"]
         assert snapshot["rows"]["images"] == IMAGES
         run_dag(dagbag, "embed_corpus", LOGICAL_DATE, module=str(tiny_wordvec_module),
                 corpus_root=storage.join(root, "corpus"), embeddings_root=storage.join(root, "embeddings"))
