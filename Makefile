@@ -54,6 +54,7 @@ test-long: $(STAMP)
 ROWS ?= 20000
 SCALE_ROWS ?= 2000
 PAIR_ROWS ?= 2000
+INDEX_ROWS ?= 1000000
 IMAGES ?= 2000 5000
 REPEAT ?= 3
 bench: $(STAMP) .venv-ref/.installed
@@ -64,6 +65,7 @@ bench: $(STAMP) .venv-ref/.installed
 	$(BIN)/python bench/embed_bench.py --suite scaling --scale-rows $(SCALE_ROWS) --module $(MODULES_DIR)/minilm
 	$(BIN)/python bench/embed_bench.py --suite pair --rows $(PAIR_ROWS) \
 	  --preprocessor $(MODULES_DIR)/minilm-preprocess --module $(MODULES_DIR)/minilm-encoder
+	$(BIN)/python bench/index_bench.py --rows $(INDEX_ROWS) --queries 300 --libs exact faiss-ivf
 	.venv-ref/bin/python bench/plot.py build/bench/results.json bench/results.svg
 
 clean:

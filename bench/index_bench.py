@@ -158,7 +158,27 @@ def hnswlib_hnsw(m=16, ef_construction=128, ef_search=64):
         lambda index, path: index.save_index(path)
 
 
+def exact_scan():
+    """No index: one query's exact top-k over the vectors in memory (numpy, both cores), the floor of what
+    `hubbeam search --exact` does (which also reads the shards from storage for every query)."""
+
+    def build(data):
+        return data
+
+    def search(data, q):
+        scores = data @ q
+        top = np.argpartition(-scores, K)[:K]
+        return top[np.argsort(-scores[top], kind="stable")]
+
+    def save(data, path):
+        np.save(path, data)
+        os.replace(path + ".npy", path)
+
+    return f"exact scan, numpy {np.__version__} (no index)", build, search, save
+
+
 CANDIDATES = {
+    "exact": exact_scan,
     "faiss-hnsw": faiss_hnsw,
     "faiss-ivf": faiss_ivf,
     "faiss-ivf-1024-16": lambda: faiss_ivf(1024, 16),
@@ -233,7 +253,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--libs", nargs="+", default=["faiss-hnsw", "faiss-ivf", "usearch", "usearch-f16", "hnswlib"],
+    parser.add_argument("--libs", nargs="+",
+                        default=["exact", "faiss-hnsw", "faiss-ivf", "usearch", "usearch-f16", "hnswlib"],
                         choices=sorted(CANDIDATES))
     parser.add_argument("--nprobe", type=int, nargs="+",
                         help="instead of --libs: build hubbeam's IVFFlat once and query it at each nprobe")
