@@ -139,6 +139,12 @@ def test_the_three_dags_run_on_an_object_store_with_a_postgres_corpus(
             assert 'id="rows-embedded">' in page
             if part == "images":
                 assert "data:image/png;base64," in page  # thumbnails re-read from the snapshot on the store
+        # the index task: the module folder's ANN index on the store, covering the snapshot's rows
+        from hubbeam.index.layout import INDEX_DIR, read_index_manifest
+
+        _, index = read_index_manifest(storage.join(root, "embeddings", folder, INDEX_DIR))
+        [(manifest, _)] = [v for (name, _), v in outputs.items() if folder.startswith(f"{name}-")]
+        assert index["rows"] == manifest["rows_embedded"] > 0 and index["module"]["sha256"] == manifest["module"]["sha256"]
 
     # finetune_export_module: training data read from the store, the module staged on the store, then published
     version = flow["finetune_run"].data_interval_end.strftime("%Y%m%d")  # the weekly interval's end
