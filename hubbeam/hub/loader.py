@@ -226,13 +226,23 @@ def load_object(resolved: ResolvedModule, *, allow_unsafe_ops: bool = False):
 
 def load(handle: str, signature: str | None = None, output_key: str | None = None, *, as_dict: bool = False,
          sha256: str | None = None, allow_unsafe_ops: bool = False, preprocessor: str | None = None,
-         preprocessor_sha256: str | None = None, seq_length: int | None = None) -> Embedder:
+         preprocessor_sha256: str | None = None, seq_length: int | None = None,
+         precision: str | None = None) -> Embedder:
     """Resolve handle (fetching and verifying into the cache if needed) and load it as an Embedder.
 
     A module whose serving functions touch files is refused unless allow_unsafe_ops (see hubbeam.hub.audit).
     With preprocessor (TF Hub's BERT interface: strings -> the encoder's input dict), handle is the encoder
     and the result is a hubbeam.hub.pair.PairEmbedder that takes strings; seq_length caps its packed length.
+    precision (hubbeam.precision.PRECISIONS; None: as the module was built): a module hubbeam builds in another
+    precision is swapped for that build (see hubbeam.precision.module_for).
     """
+    if precision is not None:
+        from hubbeam.precision import module_for
+
+        if preprocessor is not None:
+            raise HubbeamError("precision is for a module hubbeam builds (minilm, use-multilingual), not a "
+                               "preprocessor + encoder pair")
+        handle, sha256 = module_for(handle, precision, sha256)
     if preprocessor is not None:
         from hubbeam.hub.pair import load_pair
 
