@@ -82,16 +82,21 @@ def module_for(handle: str, precision: str | None, sha256: str | None = None) ->
     return str(_variant(name, precision, metadata["builder_sha256"], logging.getLogger(__name__))), None
 
 
+def variant_path(name: str, precision: str, builder_sha256: str) -> Path:
+    """Where module_for keeps the build of bundled module `name` in precision, by the code that builds it."""
+    from hubbeam import settings
+
+    return Path(settings.CACHE_DIR.get()) / "precision" / f"{name}-{precision}-{builder_sha256[:16]}"
+
+
 def _variant(name: str, precision: str, builder_sha256: str, log) -> Path:
     import filelock
 
-    from hubbeam import settings
     from hubbeam.hub.metadata import read_metadata
     from hubbeam.modules import build_module, is_current
 
-    root = Path(settings.CACHE_DIR.get()) / "precision"
-    path = root / f"{name}-{precision}-{builder_sha256[:16]}"
-    root.mkdir(parents=True, exist_ok=True)
+    path = variant_path(name, precision, builder_sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path) + ".lock"):
         if not (is_current(name, path) and (read_metadata(path) or {}).get("precision") == precision):
             log.warning("building %s in %s into %s (once; a minute or so)", name, precision, path)
