@@ -429,12 +429,15 @@ def same_vectors(corpus: Path, outs: dict[str, Path], results: list[dict]) -> st
 def precision_suite(args, workdir: Path) -> str:
     import numpy as np
 
+    from hubbeam.hub.metadata import read_metadata
     from hubbeam.pipeline.output import read_embeddings
-    from hubbeam.precision import module_for
+    from hubbeam.modules.precision import module_for
     from hubbeam.samples import write_corpus
 
     bf16_module, _ = module_for(args.module, "bf16")  # the build `hubbeam embed --precision bf16` uses
     methods = args.methods.split(",") if args.methods else list(PRECISION_METHODS)
+    if "st" in methods and (read_metadata(args.module) or {}).get("name") != "minilm":
+        methods.remove("st")  # sentence-transformers runs all-MiniLM-L6-v2 only
     if "st" in methods and not (ROOT / ".venv-ref" / "bin" / "python").exists():
         print("  (no .venv-ref here: sentence-transformers not measured)", file=sys.stderr)
         methods.remove("st")

@@ -78,7 +78,7 @@ with DAG(
         module = params["module"]
         with support.fail_fast():
             if params["precision"]:  # the module of that precision (built once into the cache): its digest keys outputs
-                from hubbeam.precision import module_for
+                from hubbeam.modules.precision import module_for
 
                 module, _ = module_for(module, params["precision"])
             if params["input"]:

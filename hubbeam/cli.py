@@ -90,8 +90,8 @@ def _add_build_module_command(sub) -> None:
 def _cmd_encode(args) -> int:
     import numpy as np
 
-    from hubbeam.hub.loader import load
     from hubbeam.inspection.lookup import short
+    from hubbeam.modules.precision import load
 
     if args.seq_length is not None and not args.preprocessor:
         raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")

@@ -5,8 +5,9 @@ embed --precision` and the DAG's Param), `hubbeam encode --precision` and `hubbe
 
 bf16 is built into the module (`hubbeam build-module minilm --precision bf16`): the dense and attention
 matmuls in bfloat16, LayerNorm, softmax and pooling in float32, float32 output vectors; the variant has its
-own digest and `precision: bf16` in its metadata. Asking for bf16 on a CPU without native bfloat16
-(avx512_bf16 or amx_bf16) is refused: TensorFlow would emulate it, slower than float32.
+own digest and `precision: bf16` in its metadata. hubbeam.modules.precision swaps a module for its build in
+another precision. Asking for bf16 on a CPU without native bfloat16 (avx512_bf16 or amx_bf16) is refused:
+TensorFlow would emulate it, slower than float32.
 """
 from __future__ import annotations
 
@@ -51,54 +52,3 @@ def check_precision(precision: str | None, cpuinfo: str | None = None) -> None:
                            "/proc/cpuinfo); this one has neither, and emulated bfloat16 is slower than fp32: "
                            "use --precision fp32")
 
-
-def module_for(handle: str, precision: str | None, sha256: str | None = None) -> tuple[str, str | None]:
-    """(handle, sha256) of the module to load for `precision`: handle itself when it already computes in it
-    (or precision is None), else its build in that precision, made once into the cache. Only a module that
-    `hubbeam build-module` made, as the current code builds it (not fine-tuned, not exported), has one;
-    anything else is refused. sha256 pins handle; the build's own digest is recorded where it is used."""
-    if precision is None:
-        return handle, sha256
-    check_precision(precision)
-    import logging
-
-    from hubbeam.hub.metadata import read_metadata
-    from hubbeam.hub.resolver import resolve_module
-    from hubbeam.modules import BUNDLED, is_current
-
-    resolved = resolve_module(handle, sha256=sha256)
-    metadata = read_metadata(resolved.path) or {}
-    have = metadata.get("precision", "fp32")
-    if have == precision:
-        return handle, sha256
-    name = metadata.get("name")
-    bundled = BUNDLED.get(name)
-    if (bundled is None or precision not in bundled.precisions or not is_current(name, resolved.path)
-            or metadata.keys() & {"parent", "exported_from"}):
-        builds = ", ".join(m.name for m in BUNDLED.values() if precision in m.precisions)
-        raise HubbeamError(f"{resolved.handle} computes in {have}, and only a module hubbeam builds ({builds}), "
-                           f"unmodified and built by this version, has a {precision} build: give one built with "
-                           f"`hubbeam build-module NAME --precision {precision}`, or leave --precision out")
-    return str(_variant(name, precision, metadata["builder_sha256"], logging.getLogger(__name__))), None
-
-
-def variant_path(name: str, precision: str, builder_sha256: str) -> Path:
-    """Where module_for keeps the build of bundled module `name` in precision, by the code that builds it."""
-    from hubbeam import settings
-
-    return Path(settings.CACHE_DIR.get()) / "precision" / f"{name}-{precision}-{builder_sha256[:16]}"
-
-
-def _variant(name: str, precision: str, builder_sha256: str, log) -> Path:
-    import filelock
-
-    from hubbeam.hub.metadata import read_metadata
-    from hubbeam.modules import build_module, is_current
-
-    path = variant_path(name, precision, builder_sha256)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(path) + ".lock"):
-        if not (is_current(name, path) and (read_metadata(path) or {}).get("precision") == precision):
-            log.warning("building %s in %s into %s (once; a minute or so)", name, precision, path)
-            build_module(name, path, precision=precision)
-    return path

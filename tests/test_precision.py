@@ -11,7 +11,8 @@ from hubbeam.errors import HubbeamError
 from hubbeam.hub.digest import tree_sha256
 from hubbeam.hub.metadata import read_metadata
 from hubbeam.pipeline.job import EmbedJob, run_embed
-from hubbeam.precision import bf16_supported, check_precision, module_for, variant_path
+from hubbeam.modules.precision import module_for, variant_path
+from hubbeam.precision import bf16_supported, check_precision
 from tests.test_modules import GOLDEN, cosine
 from tests.test_search import FILLERS, PAIRS
 
@@ -96,3 +97,20 @@ def test_bf16_cpu_detection_from_cpuinfo_text():
         check_precision("bf16", CPUINFO.format(extra=""))
     with pytest.raises(HubbeamError, match="must be one of fp32, bf16"):
         check_precision("fp8")
+
+
+@pytest.mark.long  # make test-long (CI runs it): builds use-multilingual in fp32 (the session fixture) and bf16, ~1.5 min here
+def test_use_multilingual_bf16_within_cosine_0999_of_fp32_and_of_the_package(use_module, built_dir):
+    from hubbeam.modules import build_module
+    from tests.test_use_multilingual import FIXTURES
+
+    bf16_module = build_module("use-multilingual", built_dir / "use-multilingual-bf16", precision="bf16")
+    assert read_metadata(bf16_module)["precision"] == "bf16"
+    golden = np.load(FIXTURES / "use_golden.npz")
+    sentences = list(golden["sentences"])
+    fp32 = in_golden_batches(hubbeam.load(str(use_module)), sentences)
+    bf16 = in_golden_batches(hubbeam.load(str(bf16_module)), sentences)
+    for reference in (fp32, golden["embeddings"]):  # hubbeam's fp32, the package's numpy forward pass
+        similarities = cosine(bf16, reference)
+        worst = int(np.argmin(similarities))
+        assert similarities.min() >= 0.999, f"{sentences[worst]!r}: cosine {similarities[worst]:.6f}"

@@ -286,7 +286,7 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
     storage.configure_beam_gcs()
     files = match_inputs(job.input)
-    from hubbeam.precision import module_for
+    from hubbeam.modules.precision import module_for
 
     module, sha256 = module_for(job.module, job.precision, job.sha256) if model is None else (job.module, job.sha256)
     encoder = ModuleSpec(module, job.signature, job.output_key, sha256, job.allow_unsafe_ops)
