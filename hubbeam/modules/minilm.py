@@ -134,9 +134,12 @@ class TransformerLayer(tf.Module):
     def __init__(self, w: dict, prefix: str, name: str, dtype=None):
         super().__init__(name=name)
         self.compute_dtype = dtype or tf.float32
-        d = lambda part: Dense(w[f"{prefix}.{part}.weight"], w[f"{prefix}.{part}.bias"], part.replace(".", "_"),  # noqa: E731
-                               self.compute_dtype)
-        self.query, self.key, self.value = d("attention.self.query"), d("attention.self.key"), d("attention.self.value")
+        d = lambda part, scale=1.0: Dense(w[f"{prefix}.{part}.weight"] * scale, w[f"{prefix}.{part}.bias"] * scale,  # noqa: E731
+                                          part.replace(".", "_"), self.compute_dtype)
+        # bf16: the attention's 1/sqrt(d) folded into the query layer, one pass fewer over the [N, H, T, T] scores
+        self.score_scale = 1.0 if self.compute_dtype == tf.float32 else 1 / math.sqrt(HIDDEN // HEADS)
+        self.query = d("attention.self.query", self.score_scale)
+        self.key, self.value = d("attention.self.key"), d("attention.self.value")
         self.attention_output = d("attention.output.dense")
         self.attention_norm = LayerNorm(w[f"{prefix}.attention.output.LayerNorm.weight"],
                                         w[f"{prefix}.attention.output.LayerNorm.bias"], "attention_norm")
@@ -156,7 +159,10 @@ class TransformerLayer(tf.Module):
         high = lambda t: tf.cast(t, tf.float32)  # noqa: E731
         xc = low(x)
         q, k, v = heads(self.query(xc)), heads(self.key(xc)), heads(self.value(xc))
-        scores = high(tf.matmul(q, k, transpose_b=True)) / math.sqrt(HIDDEN // HEADS) + attention_bias
+        scores = high(tf.matmul(q, k, transpose_b=True))
+        if self.score_scale == 1.0:  # float32: the graph as it always was
+            scores = scores / math.sqrt(HIDDEN // HEADS)
+        scores = scores + attention_bias
         probs = _dropout(tf.nn.softmax(scores, axis=-1), training)
         context = tf.transpose(tf.matmul(low(probs), v), [0, 2, 1, 3])
         shape = tf.shape(x)
