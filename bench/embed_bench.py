@@ -25,8 +25,9 @@ Suites and methods:
   images    plain-decode   read each file, decode and resize (hubbeam.images), embed in fixed batches
             pipeline       `hubbeam embed` on the image glob
   scaling   pipeline at 1x, 5x and 10x --rows: rows/s and peak RSS (streaming: memory should stay flat)
-  precision (--module: an fp32 module hubbeam built, minilm by default) on a short-text corpus (queries,
-            sentences) and a long one (paragraphs of 150–250 word pieces):
+  precision (--module: an fp32 module hubbeam built, minilm by default) on the text suite's mix (--rows), a
+            short-text corpus (queries, sentences; --rows) and a long one (paragraphs of 150–250 word pieces;
+            a fifth of --rows); --corpora picks some:
             pipeline       `hubbeam embed` with the fp32 module (the baseline)
             pipeline-bf16  the same with its bf16 build (`build-module … --precision bf16`, made once into the
                            cache, as `hubbeam embed --precision bf16` does)
@@ -65,6 +66,7 @@ SAMPLE_IDS = 64  # rows whose vectors the pair suite compares between the two me
 MIN_COSINE = 0.9999
 PRECISION_METHODS = ("pipeline", "pipeline-bf16", "pipeline-grappler", "st")  # the first is the baseline
 MIN_BF16_COSINE = 0.999  # issue 16: every golden sentence within this of fp32
+PRECISION_CORPORA = {"mix": None, **PAIR_CORPORA}  # hubbeam.samples kinds (None: its default mix)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # what TF's CPU kernels pick paths by
 
 
@@ -442,8 +444,9 @@ def precision_suite(args, workdir: Path) -> str:
         print("  (no .venv-ref here: sentence-transformers not measured)", file=sys.stderr)
         methods.remove("st")
     tables = []
-    for name, kinds in PAIR_CORPORA.items():
-        rows = args.rows if name == "short" else max(1, args.rows // 5)
+    for name in (args.corpora.split(",") if args.corpora else PRECISION_CORPORA):
+        kinds = PRECISION_CORPORA[name]
+        rows = max(1, args.rows // 5) if name == "long" else args.rows
         corpus = workdir / f"precision-{name}-{rows}"
         if not corpus.exists():
             write_corpus(corpus, rows, kinds=kinds)
@@ -466,7 +469,8 @@ def precision_suite(args, workdir: Path) -> str:
                                      f"fp32 < {MIN_BF16_COSINE}")
                 checked.append(f"{m}: every row's cosine to fp32 >= {cosines.min():.5f} (mean {cosines.mean():.6f})")
         record(workdir, "precision", args, results, corpus=name, rows_in_corpus=rows, bf16_module=str(bf16_module))
-        tables.append("\n".join([table(results, "pipeline", f"{name} texts ({', '.join(kinds)}), {rows} rows, "
+        described = ", ".join(kinds or ("query", "sentence", "paragraph"))
+        tables.append("\n".join([table(results, "pipeline", f"{name} texts ({described}), {rows} rows, "
                                                               f"module {args.module}, batch size {args.batch_size}"),
                                  "", "; ".join(checked) + "."]))
     return "\n\n".join(tables)
@@ -512,6 +516,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workdir", default="build/bench")
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    parser.add_argument("--corpora", help="precision suite: comma-separated subset of " + ",".join(PRECISION_CORPORA))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
