@@ -64,6 +64,8 @@ bench: $(STAMP) .venv-ref/.installed
 	$(BIN)/python bench/embed_bench.py --suite scaling --scale-rows $(SCALE_ROWS) --module $(MODULES_DIR)/minilm
 	$(BIN)/python bench/embed_bench.py --suite pair --rows $(PAIR_ROWS) \
 	  --preprocessor $(MODULES_DIR)/minilm-preprocess --module $(MODULES_DIR)/minilm-encoder
+	$(BIN)/python bench/embed_bench.py --suite precision --rows $(PAIR_ROWS) --repeat $(REPEAT) --module $(MODULES_DIR)/minilm
+	$(BIN)/python bench/embed_bench.py --suite precision --rows $(PAIR_ROWS) --repeat $(REPEAT) --module $(MODULES_DIR)/use-multilingual
 	.venv-ref/bin/python bench/plot.py build/bench/results.json bench/results.svg
 
 clean:

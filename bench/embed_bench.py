@@ -296,7 +296,8 @@ def run_one(method: str, module: str, corpus: Path, out: Path, batch_size: int, 
 
 # --- driver ---------------------------------------------------------------------------------------------------
 
-def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None) -> dict:
+def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None,
+                  label: str | None = None) -> dict:
     if method == "st":
         python = ROOT / ".venv-ref" / "bin" / "python"
         if not python.exists():
@@ -316,7 +317,7 @@ def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size:
         result = {"method": "st", "rows": result["rows"], "seconds": round(result["seconds"], 3),
                   "rows_per_s": round(result["rows"] / result["seconds"], 1), "load_s": round(result["load_s"], 2),
                   "peak_rss_mb": round(result["peak_rss_mb"], 1)}
-    print(f"  {method:<14} {result['rows_per_s']:>8.1f} rows/s  peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(f"  {label or method:<14} {result['rows_per_s']:>8.1f} rows/s  peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     return result
 
 
@@ -454,7 +455,7 @@ def precision_suite(args, workdir: Path) -> str:
 
         def run(m):
             one, module = ("pipeline", bf16_module) if m == "pipeline-bf16" else (m, args.module)
-            return {**in_subprocess(one, str(module), corpus, outs[m], args.batch_size), "method": m}
+            return {**in_subprocess(one, str(module), corpus, outs[m], args.batch_size, label=m), "method": m}
 
         results = measure(methods, run, args.repeat)
         ids, fp32 = read_embeddings(str(outs["pipeline"]))
