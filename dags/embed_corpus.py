@@ -25,6 +25,7 @@ from airflow.sdk import DAG, Param, task
 from hubbeam.orchestration import airflow_support as support
 from hubbeam.orchestration import layout
 from hubbeam.pipeline.options import EmbedJob
+from hubbeam.precision import PRECISION_HELP, PRECISIONS
 
 CORPUS = support.asset("corpus")
 EMBEDDINGS = support.asset("embeddings")
@@ -57,6 +58,8 @@ with DAG(
         "corpus_root": Param(layout.corpus_root(), type="string", minLength=1),
         "embeddings_root": Param(layout.embeddings_root(), type="string", minLength=1),
         "runner": Param("FnApiRunner", enum=support.RUNNERS),
+        "precision": Param(None, type=["null", "string"], enum=[None, *PRECISIONS],
+                           description=PRECISION_HELP + " (outputs are keyed by the digest of the module used)"),
         "batch_size": Param(EmbedJob.batch_size, type="integer", minimum=1, maximum=4096),
         "allow_unsafe_ops": Param(False, type="boolean", description="run a module whose serving functions "
                                   "read or write files (see `hubbeam inspect`); recorded in each manifest"),
@@ -76,13 +79,18 @@ with DAG(
 
         options = {"runner": params["runner"], "batch_size": params["batch_size"],
                    "allow_unsafe_ops": params["allow_unsafe_ops"], **params["beam_options"]}
-        for key in ("signature", "output_key", "preprocessor", "seq_length", "input_map"):
+        for key in ("signature", "output_key", "preprocessor", "seq_length", "input_map", "precision"):
             if params[key]:
                 options[key] = params[key]
+        module = params["module"]
         with support.fail_fast():
+            if params["precision"]:  # the module of that precision (built once into the cache): its digest keys outputs
+                from hubbeam.modules.precision import module_for
+
+                module, _ = module_for(module, params["precision"])
             if params["input"]:
-                return plan_explicit(params["input"], params["output"], params["module"], options)
-            return plan_embedding(params["corpus_root"], params["embeddings_root"], params["module"],
+                return plan_explicit(params["input"], params["output"], module, options)
+            return plan_embedding(params["corpus_root"], params["embeddings_root"], module,
                                   params["input_kind"], options)
 
     planned = plan()

@@ -13,7 +13,7 @@ _LAZY = {
     "resolve": "hubbeam.hub.resolver",
     "resolve_module": "hubbeam.hub.resolver",
     "ResolvedModule": "hubbeam.hub.resolver",
-    "load": "hubbeam.hub.loader",
+    "load": "hubbeam.modules.precision",  # hubbeam.hub.loader's, plus precision= (a module hubbeam builds)
     "Embedder": "hubbeam.hub.loader",
     "inspect_module": "hubbeam.hub.describe",
     "build_module": "hubbeam.modules",
@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time _LAZY serves t
     from hubbeam.export.packing import pack
     from hubbeam.export.publishing import publish
     from hubbeam.hub.describe import inspect_module
-    from hubbeam.hub.loader import Embedder, load
+    from hubbeam.hub.loader import Embedder
+    from hubbeam.modules.precision import load
     from hubbeam.hub.resolver import ResolvedModule, resolve, resolve_module
     from hubbeam.inspection.report import write_report
     from hubbeam.index.build import build_index

@@ -14,6 +14,7 @@ from hubbeam import __version__
 from hubbeam.errors import HubbeamError
 from hubbeam.pipeline.options import ALLOW_UNSAFE_OPS_HELP
 from hubbeam.pipeline.options import add_arguments as add_embed_arguments
+from hubbeam.precision import PRECISION_HELP, PRECISIONS
 
 
 def _cmd_resolve(args) -> int:
@@ -49,7 +50,7 @@ def _cmd_build_module(args) -> int:
             if module.name != args.name:
                 raise HubbeamError(f"{option.flag} only applies to the {module.name} module")
             options[option.dest] = value
-    out = build_module(args.name, args.out, **options)
+    out = build_module(args.name, args.out, precision=args.precision, **options)
     print(f"built {args.name} -> {out}")
     return 0
 
@@ -76,6 +77,10 @@ def _add_build_module_command(sub) -> None:
     p.add_argument("name", choices=list(BUNDLED))
     p.add_argument("--out", required=True, help="output folder (replaced once the new module is complete)")
     p.add_argument("--list", action=_ListModules, help="print the bundled modules' names, one a line, and exit")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default) or bf16: dense and attention matmuls in bfloat16, float32 output; a "
+                        "variant with its own digest and `precision: bf16` in its metadata (" + ", ".join(
+                            m.name for m in BUNDLED.values() if "bf16" in m.precisions) + ")")
     for module in BUNDLED.values():
         for option in module.options:
             p.add_argument(option.flag, type=option.type, help=f"{module.name}: {option.help}")
@@ -85,14 +90,14 @@ def _add_build_module_command(sub) -> None:
 def _cmd_encode(args) -> int:
     import numpy as np
 
-    from hubbeam.hub.loader import load
     from hubbeam.inspection.lookup import short
+    from hubbeam.modules.precision import load
 
     if args.seq_length is not None and not args.preprocessor:
         raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")
     embedder = load(args.module, signature=args.signature, output_key=args.output_key,
                     allow_unsafe_ops=args.allow_unsafe_ops, preprocessor=args.preprocessor,
-                    seq_length=args.seq_length)
+                    seq_length=args.seq_length, precision=args.precision)
     if args.image:
         if embedder.input_kind != "image":
             raise HubbeamError(f"{embedder.handle} takes {embedder.input_kind} input, not images")
@@ -528,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-length", type=int,
                    help="with --preprocessor: the most word pieces a text is packed to (default: the "
                         "preprocessor's, 128)")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--image", nargs="+", metavar="FILE", help="image files instead of text")
     p.add_argument("--image-size", metavar="H,W", help="resize images to H,W (modules of any size; default: "
                                                        "the module's size)")

@@ -36,6 +36,14 @@ def minilm_module(built_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_bf16_module(built_dir) -> Path:
+    """minilm built in bf16 (tests/test_precision.py)."""
+    from hubbeam.modules import build_module
+
+    return build_module("minilm", built_dir / "minilm-bf16", precision="bf16")
+
+
+@pytest.fixture(scope="session")
 def digits_module(built_dir) -> Path:
     from hubbeam.modules import build_module
 

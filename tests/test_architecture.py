@@ -1,6 +1,6 @@
 """The direction of imports ARCHITECTURE.md promises, read from the source: a part imports only parts below it.
 
-    base (errors, settings, tfenv, storage, images, samples) <- hub <- modules <- pipeline | export
+    base (errors, settings, tfenv, storage, images, samples, precision) <- hub <- modules <- pipeline | export
         <- index <- inspection <- orchestration <- cli, demo, __main__
 """
 import ast
@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "hubbeam"
 LAYERS = {
     "hubbeam.errors": 0, "hubbeam.settings": 0, "hubbeam.tfenv": 0, "hubbeam.storage": 0, "hubbeam.images": 0,
-    "hubbeam.samples": 0, "hubbeam._lazy": 0,
+    "hubbeam.samples": 0, "hubbeam._lazy": 0, "hubbeam.precision": 0,
     "hubbeam.hub": 1,
     "hubbeam.modules": 2,
     "hubbeam.pipeline": 3, "hubbeam.export": 3,

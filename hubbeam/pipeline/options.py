@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from hubbeam.errors import HubbeamError
+from hubbeam.precision import PRECISION_HELP, PRECISIONS, check_precision
 
 BATCH_SIZE = 64
 CHUNK_ROWS = 512
@@ -57,6 +58,7 @@ class EmbedJob:
     seq_length: int | None = _option(None, help="with --preprocessor: the most word pieces a text is packed to "
                                                 "(default: the preprocessor's, 128); each batch packs only to "
                                                 "what its longest text needs")
+    precision: str | None = _option(None, choices=PRECISIONS, help=PRECISION_HELP)
     batch_size: int = _option(BATCH_SIZE, help=f"most rows per model call (default: {BATCH_SIZE})")
     chunk_rows: int = _option(CHUNK_ROWS, help=f"rows sorted by length together before batching (default: {CHUNK_ROWS})")
     max_text_chars: int = _option(MAX_TEXT_CHARS, help="longer texts are truncated and flagged truncated=true "
@@ -82,6 +84,7 @@ class EmbedJob:
             parse_input_map(self.input_map)
         if self.seq_length is not None and not self.preprocessor:
             raise HubbeamError("--seq-length is for a preprocessor + encoder pair: give --preprocessor too")
+        check_precision(self.precision)  # bf16 on a CPU without it: refused before anything runs
         self.output = self.output.rstrip("/") or "/"
 
     @property
