@@ -46,10 +46,10 @@ airflow: $(STAMP)
 test: $(STAMP)
 	bash .ci/ensure-chromium
 	bash .ci/ensure-postgresql
-	$(BIN)/python -m pytest -m "not long" tests
+	$(BIN)/python -m pytest -m "not long" --durations=30 tests
 
 test-long: $(STAMP)
-	$(BIN)/python -m pytest -m long tests; rc=$$?; [ $$rc -eq 5 ] && echo "no long tests selected" || exit $$rc
+	$(BIN)/python -m pytest -m long --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && echo "no long tests selected" || exit $$rc
 
 ROWS ?= 20000
 SCALE_ROWS ?= 2000
