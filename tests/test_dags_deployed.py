@@ -170,6 +170,7 @@ def test_the_three_dags_run_on_an_object_store_with_a_postgres_corpus(
         assert events[0].extra["version"] == version and events[0].extra["tree_sha256"] == marker["tree_sha256"]
 
 
+@pytest.mark.long  # make test-long (CI runs it): an outage or a kill, waited out with real retries
 def test_a_store_outage_fails_the_task_clearly_and_a_rerun_completes(
         dagbag, s3_proxy, postgres_db, tmp_path, tiny_wordvec_module):  # noqa: F811
     """The store refuses every request for the snapshot while corpus_extraction runs: the tasks are retried

@@ -113,6 +113,7 @@ def test_flaky_writes_are_retried(request, store, local_reference, tiny_wordvec_
     assert_one_complete_output(f"{lake}/out", local_reference)
 
 
+@pytest.mark.long  # make test-long (CI runs it): an outage or a kill, waited out with real retries
 def test_a_store_outage_fails_without_a_half_output_and_the_rerun_completes(
         s3_proxy, local_reference, tiny_wordvec_module):
     """S3 stops taking writes in the middle of a rerun: the job fails, and the folder does not read as finished

@@ -79,8 +79,9 @@ def corpus(tmp_path_factory, sentences) -> Path:
     return path
 
 
-@pytest.mark.parametrize("beam_args", [[], ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]],
-                         ids=["FnApiRunner", "2-workers"])
+@pytest.mark.parametrize("beam_args", [[], pytest.param(["--direct_running_mode=multi_processing",
+                                                          "--direct_num_workers=2"], marks=pytest.mark.long)],
+                         ids=["FnApiRunner", "2-workers"])  # two worker processes: make test-long, as for the other kinds
 def test_embed_with_preprocessor(beam_args, pair, corpus, sentences, minilm_vectors, tmp_path):
     import pyarrow.parquet as pq
 

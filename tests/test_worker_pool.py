@@ -160,6 +160,7 @@ def _rejected_rows(out: str) -> list[tuple]:
     return sorted(rows)
 
 
+@pytest.mark.long  # make test-long (CI runs it): a pool killed mid-run, then a rerun
 @pytest.mark.timeout(600)
 def test_a_pool_killed_mid_run_fails_the_job_in_one_line_and_a_rerun_completes(beam_services, minilm_module, tmp_path):
     from hubbeam.errors import HubbeamError
