@@ -14,7 +14,8 @@ from hubbeam.index.verified import read_verified_shard
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """The exact search's normalisation (hubbeam.inspection.shards.unit_rows): zero rows stay zero."""
+    """Rows scaled to unit length, zero rows staying zero: the one normalisation both the index and the exact
+    search (hubbeam.inspection.shards) use, so an index hit carries the score an exact scan gives it."""
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hubbeam.errors import HubbeamError
+from hubbeam.index.segment import unit_rows  # one normalisation for the exact scan and the index
 
 BATCH_ROWS = 8192
 HIT_COLUMNS = ("id", "source", "content_sha256")
@@ -96,12 +97,6 @@ class EmbeddingsOutput:
         column = batch.column(batch.schema.get_field_index("embedding"))
         flat = column.flatten().to_numpy(zero_copy_only=False)
         return unit_rows(flat.astype(np.float32, copy=False).reshape(-1, self.dim))
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
 
 
 class TopK:
