@@ -85,6 +85,7 @@ def test_tokenize_and_bert_pack_inputs(preprocess_module, encoder_module, minilm
     assert cosine(vectors, hubbeam.load(str(minilm_module))(long)).min() >= 0.9999
 
 
+@pytest.mark.long  # make test-long (CI runs it): Beam's own handler reloads the preprocessor per batch (~30 s)
 def test_beam_tensorflow_hub_text_embeddings_with_preprocessing_url(preprocess_module, encoder_module, sentences,
                                                                    minilm_vectors, tmp_path):
     import apache_beam as beam

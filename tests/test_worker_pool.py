@@ -115,6 +115,8 @@ def _stage_job(minilm_module, tmp_path, rows: list[str]) -> tuple[str, str]:
     return base, f"{base}/modules/minilm.tar.gz#sha256={packed.sha256}"
 
 
+@pytest.mark.long  # make test-long (CI runs it): two SDK worker processes, each loading minilm (~40 s)
+@pytest.mark.timeout(600)
 def test_two_sdk_workers_from_a_pool_match_the_in_process_run(beam_services, minilm_module, tmp_path):
     from hubbeam.pipeline.output import read_embeddings
 
