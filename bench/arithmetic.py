@@ -63,7 +63,9 @@ def useful_flops(module_name: str, texts: list[str]) -> float:
 
 def matmul_rate(precision: str, repeats: int = 20) -> float:
     """GFLOP/s of TensorFlow's own matmul at MATMUL_SHAPE in `precision` (fp32, bf16) on this machine now:
-    the median of `repeats` timed calls after a warm-up, in a tf.function (as the modules run)."""
+    the median of `repeats` timed calls after a warm-up, in a tf.function (as the modules run). On these
+    shared virtual machines it moves with the neighbours' load (190–380 GFLOP/s fp32 seen within an hour), so
+    the bench measures it before and after the rounds and prints both."""
     from hubbeam import tfenv
 
     tf = tfenv.tensorflow()
