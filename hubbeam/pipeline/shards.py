@@ -19,7 +19,7 @@ import typing
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
@@ -223,13 +223,17 @@ def _repeated(keyed):
     return [row_id for row_id, n in counts.items() if n > 1]
 
 
+def _first_examples(examples: list[str], more) -> list[str]:
+    return heapq.nsmallest(DUPLICATE_EXAMPLES, [*examples, *more])
+
+
 class _SummariseDuplicates(beam.CombineFn):
     def create_accumulator(self):
         return 0, []
 
     def add_input(self, accumulator, row_id):
         count, examples = accumulator
-        return count + 1, heapq.nsmallest(DUPLICATE_EXAMPLES, [*examples, row_id])
+        return count + 1, _first_examples(examples, [row_id])
 
     def merge_accumulators(self, accumulators):
         accumulators = list(accumulators)
@@ -240,8 +244,8 @@ class _SummariseDuplicates(beam.CombineFn):
         return DuplicateIds(accumulator[0], tuple(sorted(accumulator[1])))
 
 
-class CountDuplicateIds(beam.PTransform):
-    """PCollection(s) of Tables with an `id` column -> a one-element PCollection of DuplicateIds.
+class RepeatedIds(beam.PTransform):
+    """PCollection(s) of Tables with an `id` column -> each id that occurs on more than one row, once.
 
     Takes a tuple of PCollections rather than their Flatten: a Flatten of the tables themselves makes Beam's
     in-process runner materialise every table between stages (1.6 GB at 1 M × 384 floats, +60 % job time);
@@ -253,5 +257,82 @@ class CountDuplicateIds(beam.PTransform):
         return ([source | f"ByPartition{i}" >> beam.FlatMap(_ids_by_partition) for i, source in enumerate(sources)]
                 | "AllPartitions" >> beam.Flatten()
                 | "GroupPartitions" >> beam.GroupByKey()
-                | "Repeated" >> beam.FlatMap(_repeated)
-                | "Summarise" >> beam.CombineGlobally(_SummariseDuplicates()))
+                | "Repeated" >> beam.FlatMap(_repeated))
+
+
+class CountDuplicateIds(beam.PTransform):
+    """PCollection(s) of Tables with an `id` column -> a one-element PCollection of DuplicateIds."""
+
+    def expand(self, tables):
+        return tables | "Ids" >> RepeatedIds() | "Summarise" >> beam.CombineGlobally(_SummariseDuplicates())
+
+
+# What the final step needs, as tagged records of one PCollection (RunSummary.of): one combine gathers them.
+SHARD, INPUT_COUNT, OUTCOME, REPEATED_ID, START = "shard", "input", "outcome", "repeated", "start"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Everything the final step reads, gathered by one combine: the staged shards, (input file, rows read) for
+    every file, rows per outcome (outcome key -> rows) and the duplicate ids. Small: it grows with the number
+    of shards, input files and rejection reasons, not of rows."""
+
+    shards: tuple[ShardFile, ...] = ()
+    input_counts: tuple[tuple[str, int], ...] = ()
+    outcomes: dict = field(default_factory=dict)
+    duplicates: DuplicateIds = DuplicateIds()
+
+
+class _SummariseRun(beam.CombineFn):
+    """(tag, value) records -> RunSummary. Counts are added up as they come (each worker combines its own
+    records before anything is shuffled), lists are joined, duplicate ids counted with their first examples."""
+
+    def create_accumulator(self):
+        return [], [], Counter(), 0, []
+
+    def add_input(self, accumulator, record):
+        shards, inputs, outcomes, repeated, examples = accumulator
+        tag, value = record
+        if tag == SHARD:
+            shards.append(value)
+        elif tag == INPUT_COUNT:
+            inputs.append(tuple(value))
+        elif tag == OUTCOME:
+            outcomes[value[0]] += value[1]
+        elif tag == REPEATED_ID:
+            return shards, inputs, outcomes, repeated + 1, _first_examples(examples, [value])
+        elif tag != START:
+            raise ValueError(f"unknown run summary record {tag!r}")
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        shards, inputs, outcomes, repeated, examples = self.create_accumulator()
+        for other in accumulators:
+            shards += other[0]
+            inputs += other[1]
+            outcomes.update(other[2])
+            repeated += other[3]
+            examples = _first_examples(examples, other[4])
+        return shards, inputs, outcomes, repeated, examples
+
+    def extract_output(self, accumulator):
+        shards, inputs, outcomes, repeated, examples = accumulator
+        return RunSummary(tuple(shards), tuple(inputs), dict(outcomes), DuplicateIds(repeated, tuple(sorted(examples))))
+
+
+class SummariseRun(beam.PTransform):
+    """{tag: PCollection or tuple of them} (SHARD: ShardFile, INPUT_COUNT: (path, rows), OUTCOME: (key, rows),
+    REPEATED_ID: id, START: anything, so that there is a summary even of nothing) -> a one-element PCollection
+    of RunSummary.
+
+    One Flatten and one combine: a combiner per item (the outcome tally, the duplicate count), side inputs for
+    the rest and a Flatten per kind of record each added a stage, and stages are most of a small job's time.
+    """
+
+    def expand(self, tagged):
+        records = [pcoll | f"Tag{tag.capitalize()}{i or ''}" >> beam.Map(lambda value, tag=tag: (tag, value))
+                   for tag, pcolls in tagged.items()
+                   for i, pcoll in enumerate(pcolls if isinstance(pcolls, (tuple, list)) else (pcolls,))]
+        return (records
+                | "Records" >> beam.Flatten()
+                | "Combine" >> beam.CombineGlobally(_SummariseRun()).without_defaults())
