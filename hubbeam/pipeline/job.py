@@ -178,12 +178,13 @@ def _write_outputs(embeddings, rejected, input_counts, start, staging: str, sche
                                                           job.num_shards),
               rejected_tables | "WriteRejected" >> S.WriteShards(out.REJECTED_PREFIX, staging, out.rejected_schema(),
                                                                  job.parquet_codec, job.num_shards))
-    repeated = (tables, rejected_tables) | "DuplicateIds" >> S.RepeatedIds()
+    repeated = (tables, rejected_tables) | "DuplicateIds" >> S.RepeatedIds(S.REPEATED_ID)
     # Outcomes: rows embedded under EMBEDDED, rejected rows under their reason.
-    outcomes = (tables | "TableRows" >> beam.Map(lambda t: (EMBEDDED, t.num_rows)),
-                rejected | "Reasons" >> beam.Map(lambda r: (r.reason, 1)))
-    return ({S.START: start, S.SHARD: shards, S.INPUT_COUNT: input_counts, S.OUTCOME: outcomes,
-             S.REPEATED_ID: repeated}
+    outcomes = (tables | "TableRows" >> beam.Map(lambda t: (S.OUTCOME, (EMBEDDED, t.num_rows))),
+                rejected | "Reasons" >> beam.Map(lambda r: (S.OUTCOME, (r.reason, 1))))
+    return ((start | "Start" >> beam.Map(lambda _: (S.START, None)),
+             input_counts | "InputCounts" >> beam.Map(lambda count: (S.INPUT_COUNT, count)),
+             *shards, *outcomes, repeated)
             | "Summary" >> S.SummariseRun())
 
 

@@ -217,10 +217,10 @@ def _ids_by_partition(table):
     return parts.items()
 
 
-def _repeated(keyed):
+def _repeated(keyed, tag=None):
     _, id_lists = keyed
     counts = Counter(row_id for ids in id_lists for row_id in ids)
-    return [row_id for row_id, n in counts.items() if n > 1]
+    return [row_id if tag is None else (tag, row_id) for row_id, n in counts.items() if n > 1]
 
 
 def _first_examples(examples: list[str], more) -> list[str]:
@@ -249,15 +249,19 @@ class RepeatedIds(beam.PTransform):
 
     Takes a tuple of PCollections rather than their Flatten: a Flatten of the tables themselves makes Beam's
     in-process runner materialise every table between stages (1.6 GB at 1 M × 384 floats, +60 % job time);
-    flattening the partitioned ids costs nothing.
+    flattening the partitioned ids costs nothing. With a tag, each id comes as (tag, id).
     """
+
+    def __init__(self, tag: str | None = None):
+        super().__init__()
+        self.tag = tag
 
     def expand(self, tables):
         sources = tables if isinstance(tables, (tuple, list)) else (tables,)
         return ([source | f"ByPartition{i}" >> beam.FlatMap(_ids_by_partition) for i, source in enumerate(sources)]
                 | "AllPartitions" >> beam.Flatten()
                 | "GroupPartitions" >> beam.GroupByKey()
-                | "Repeated" >> beam.FlatMap(_repeated))
+                | "Repeated" >> beam.FlatMap(_repeated, self.tag))
 
 
 class CountDuplicateIds(beam.PTransform):
@@ -267,8 +271,9 @@ class CountDuplicateIds(beam.PTransform):
         return tables | "Ids" >> RepeatedIds() | "Summarise" >> beam.CombineGlobally(_SummariseDuplicates())
 
 
-# What the final step needs, as tagged records of one PCollection (RunSummary.of): one combine gathers them.
-SHARD, INPUT_COUNT, OUTCOME, REPEATED_ID, START = "shard", "input", "outcome", "repeated", "start"
+# What the final step needs, as records of one PCollection: ShardFile records as the writers yield them, and
+# (tag, value) pairs for the rest (SummariseRun).
+INPUT_COUNT, OUTCOME, REPEATED_ID, START = "input", "outcome", "repeated", "start"
 
 
 @dataclass(frozen=True)
@@ -284,7 +289,7 @@ class RunSummary:
 
 
 class _SummariseRun(beam.CombineFn):
-    """(tag, value) records -> RunSummary. Counts are added up as they come (each worker combines its own
+    """Records (see SummariseRun) -> RunSummary. Counts are added up as they come (each worker combines its own
     records before anything is shuffled), lists are joined, duplicate ids counted with their first examples."""
 
     def create_accumulator(self):
@@ -292,10 +297,11 @@ class _SummariseRun(beam.CombineFn):
 
     def add_input(self, accumulator, record):
         shards, inputs, outcomes, repeated, examples = accumulator
+        if isinstance(record, ShardFile):
+            shards.append(record)
+            return accumulator
         tag, value = record
-        if tag == SHARD:
-            shards.append(value)
-        elif tag == INPUT_COUNT:
+        if tag == INPUT_COUNT:
             inputs.append(tuple(value))
         elif tag == OUTCOME:
             outcomes[value[0]] += value[1]
@@ -321,18 +327,15 @@ class _SummariseRun(beam.CombineFn):
 
 
 class SummariseRun(beam.PTransform):
-    """{tag: PCollection or tuple of them} (SHARD: ShardFile, INPUT_COUNT: (path, rows), OUTCOME: (key, rows),
-    REPEATED_ID: id, START: anything, so that there is a summary even of nothing) -> a one-element PCollection
-    of RunSummary.
+    """PCollections of records -> a one-element PCollection of RunSummary. A record is a ShardFile, or
+    (INPUT_COUNT, (path, rows)), (OUTCOME, (key, rows)), (REPEATED_ID, id), or (START, anything): give one of
+    those so that there is a summary even of nothing.
 
     One Flatten and one combine: a combiner per item (the outcome tally, the duplicate count), side inputs for
     the rest and a Flatten per kind of record each added a stage, and stages are most of a small job's time.
     """
 
-    def expand(self, tagged):
-        records = [pcoll | f"Tag{tag.capitalize()}{i or ''}" >> beam.Map(lambda value, tag=tag: (tag, value))
-                   for tag, pcolls in tagged.items()
-                   for i, pcoll in enumerate(pcolls if isinstance(pcolls, (tuple, list)) else (pcolls,))]
+    def expand(self, records):
         return (records
                 | "Records" >> beam.Flatten()
                 | "Combine" >> beam.CombineGlobally(_SummariseRun()).without_defaults())
