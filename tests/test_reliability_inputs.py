@@ -242,6 +242,50 @@ def test_duplicate_ids_are_counted_across_tables_and_partitions(monkeypatch):
     assert len({subprocess.run(probe, capture_output=True, text=True, check=True).stdout for _ in range(2)}) == 1
 
 
+
+def test_the_run_summary_adds_up_records_from_every_bundle():
+    """What finalize reads comes from one combine over records of every kind: counts added (also across
+    accumulators, as a runner merges them from several workers), lists joined, the duplicate count exact with
+    its first examples, and a summary even when only the start record came."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from hubbeam.pipeline import shards as S
+
+    fn = S._SummariseRun()
+    shard = S.ShardFile("embeddings", "/tmp/a.parquet", 3, 10, "f" * 64)
+    parts = [[shard, (S.INPUT_COUNT, ("a.txt", 3)), (S.OUTCOME, ("", 3)), (S.REPEATED_ID, "x")],
+             [(S.INPUT_COUNT, ("b.txt", 2)), (S.OUTCOME, ("", 1)), (S.OUTCOME, ("empty_text", 1)), (S.START, None)],
+             [(S.REPEATED_ID, f"d{i:02d}") for i in range(12)]]
+    accumulators = []
+    for records in parts:
+        accumulator = fn.create_accumulator()
+        for record in records:
+            accumulator = fn.add_input(accumulator, record)
+        accumulators.append(accumulator)
+    summary = fn.extract_output(fn.merge_accumulators(accumulators))
+    assert summary.shards == (shard,) and sorted(summary.input_counts) == [("a.txt", 3), ("b.txt", 2)]
+    assert summary.outcomes == {"": 4, "empty_text": 1}
+    assert summary.duplicates == S.DuplicateIds(13, tuple(f"d{i:02d}" for i in range(10)))
+    with pytest.raises(ValueError, match="unknown run summary record"):
+        fn.add_input(fn.create_accumulator(), ("shards", shard))
+    with beam.Pipeline("FnApiRunner") as p:
+        start = p | "Start" >> beam.Create([(S.START, None)])
+        none = p | "None" >> beam.Create([]).with_output_types(tuple)
+        assert_that((start, none) | S.SummariseRun(), equal_to([S.RunSummary()]))
+
+
+def test_in_process_bundles_end_without_waiting_for_the_state_sampler():
+    """Beam's state sampler sleeps up to 200 ms between samples and every bundle's end joins it; in this process
+    (where an in-process runner runs its bundles) run_embed makes that 20 ms. A Beam that changes the sampler
+    fails here, rather than leaving local jobs slower without a word."""
+    from apache_beam.runners.worker import statesampler
+
+    from hubbeam.pipeline.job import STATE_SAMPLING_MS, quicker_bundle_ends
+
+    assert quicker_bundle_ends() and statesampler.StateSampler("t", None).sampling_period_ms == STATE_SAMPLING_MS
+    assert quicker_bundle_ends(), "a second call keeps it"
+
 # --- property-based: arbitrary strings and bytes through the text path -------------------------------------------
 
 ANY_CHAR = st.characters(codec=None, exclude_categories=())  # surrogates included

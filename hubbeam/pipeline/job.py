@@ -22,6 +22,7 @@ from hubbeam.pipeline.sources import InputSpec, file_format_error, match_inputs
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"
+STATE_SAMPLING_MS = 20  # Beam's own is 200 (see quicker_bundle_ends)
 EMBEDDED = ""  # the outcome tally's key for embedded rows; every other key is a rejection reason
 _PARQUET_TYPE_ALIASES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
                          "float32", "float64", "bool", "string", "large_string", "date32", "binary"}
@@ -49,6 +50,25 @@ def pipeline_options(beam_args: list[str]):
         raise HubbeamError(f"unknown option(s): {', '.join('--' + u for u in sorted(unknown))} "
                            "(see `hubbeam embed --help`; Beam's own options pass through)")
     return options, runner
+
+
+def quicker_bundle_ends(period_ms: int = STATE_SAMPLING_MS) -> bool:
+    """Shorten the sleep of Beam's state sampler in this process; returns whether it is period_ms now.
+
+    Beam's SDK worker times each bundle's steps with a sampler thread that sleeps up to 200 ms between samples
+    (DEFAULT_SAMPLING_PERIOD_MS), and the end of every bundle joins that thread: a bundle that ran for more
+    than a second or so ends up to 200 ms after its last element (100 ms on average). An in-process runner
+    runs its bundles in this process, so a local job waited that long at the end of its main stage. At 20 ms
+    the sampler wakes 50 times a second (a C thread, without the GIL) and the wait is at most 20 ms. Beam
+    takes the period as the constructor's default only, hence the default is changed; a Beam whose sampler
+    no longer has that default is left as it is. Workers of other runners are other processes: untouched.
+    """
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ == (getattr(statesampler, "DEFAULT_SAMPLING_PERIOD_MS", None),):
+        init.__defaults__ = (period_ms,)
+    return init.__defaults__ == (period_ms,)
 
 
 def spreads_work(options) -> bool:
@@ -95,7 +115,6 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
     """
     import apache_beam as beam
     from apache_beam.io import fileio
-    from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
     from hubbeam.pipeline import output as out
     from hubbeam.pipeline.transforms import EMBED, INPUT_COUNTS, REJECTED, ReadRows
@@ -110,25 +129,24 @@ def build_pipeline(pipeline, job: EmbedJob, model, files: list[str], run_id: str
         model.pinned_to(described), schema=schema, batch_size=job.batch_size, chunk_rows=job.chunk_rows,
         image_size=job_image_size(job, described), reshuffle=spreads_work(pipeline.options))
 
-    read = (pipeline
-            | "Match" >> fileio.MatchFiles(job.input)
+    start = pipeline | "Match" >> beam.Create([job.input])  # what fileio.MatchFiles is; also the summary's start
+    read = (start
+            | "MatchAll" >> fileio.MatchAll()
             | "Open" >> fileio.ReadMatches()
             | "Read" >> beam.ParDo(ReadRows(spec)).with_outputs(REJECTED, INPUT_COUNTS, main="rows"))
     embedded = read.rows | "EmbedRows" >> transform
     rejected = (read[REJECTED], embedded[REJECTED]) | "AllRejected" >> beam.Flatten()
-    shards, duplicates, tally = _write_outputs(embedded.embeddings, rejected, staging, schema, job)
+    summary = _write_outputs(embedded.embeddings, rejected, read[INPUT_COUNTS], start, staging, schema, job)
 
     manifest_base = _manifest_base(job, described, run_id, runner)
 
-    def finalize(_, shards, input_counts, tally, duplicates):
-        reasons = {reason: n for reason, n in tally.items() if reason != EMBEDDED}
-        out.finalize(job.output, staging, shards, input_counts, tally.get(EMBEDDED, 0), sum(reasons.values()),
-                     reasons, duplicates, manifest_base)
+    def finalize(summary):
+        reasons = {reason: n for reason, n in summary.outcomes.items() if reason != EMBEDDED}
+        out.finalize(job.output, staging, list(summary.shards), list(summary.input_counts),
+                     summary.outcomes.get(EMBEDDED, 0), sum(reasons.values()), reasons, summary.duplicates,
+                     manifest_base)
 
-    (pipeline
-     | "Once" >> beam.Create([None])
-     | "Finalize" >> beam.Map(finalize, AsList(shards), AsList(read[INPUT_COUNTS]), AsDict(tally),
-                              AsSingleton(duplicates)))
+    summary | "Finalize" >> beam.Map(finalize)
 
 
 def _embeddings_schema(job: EmbedJob, described, files: list[str], run_id: str):
@@ -144,30 +162,30 @@ def _dtype(job: EmbedJob) -> str:
     return "float16" if job.float16 else "float32"
 
 
-def _write_outputs(embeddings, rejected, staging: str, schema, job: EmbedJob):
-    """Embedding tables and dead letters -> staged shards; also what finalize needs to know of them:
-    (ShardFile records, the DuplicateIds summary, the tally of outcomes)."""
+def _write_outputs(embeddings, rejected, input_counts, start, staging: str, schema, job: EmbedJob):
+    """Embedding tables and dead letters -> staged shards; returns what finalize needs to know of them and of
+    the inputs, as one RunSummary (hubbeam.pipeline.shards): ShardFile records, rows read per input file, rows
+    per outcome, the duplicate ids. start is a one-element PCollection: there is a summary even of nothing."""
     import apache_beam as beam
 
     from hubbeam.pipeline import output as out
-    from hubbeam.pipeline.shards import CountDuplicateIds, RowsToTables, WriteShards
+    from hubbeam.pipeline import shards as S
     from hubbeam.pipeline.transforms import CoalesceTables
 
     tables = embeddings | "RowGroups" >> beam.ParDo(CoalesceTables())
-    rejected_tables = rejected | "RejectedTables" >> beam.ParDo(RowsToTables(out.rejected_schema()))
-    shards = ((tables | "WriteEmbeddings" >> WriteShards(out.EMBEDDINGS_PREFIX, staging, schema, job.parquet_codec,
-                                                         job.num_shards),
-               rejected_tables | "WriteRejected" >> WriteShards(out.REJECTED_PREFIX, staging, out.rejected_schema(),
-                                                                job.parquet_codec, job.num_shards))
-              | "Shards" >> beam.Flatten())
-    duplicates = (tables, rejected_tables) | "DuplicateIds" >> CountDuplicateIds()
-    # One combiner tallies both outcomes (each combiner adds stages, and stages are most of a small job's cost):
-    # rows embedded under EMBEDDED, rejected rows under their reason.
-    tally = ((tables | "TableRows" >> beam.Map(lambda t: (EMBEDDED, t.num_rows)),
-              rejected | "Reasons" >> beam.Map(lambda r: (r.reason, 1)))
-             | "Outcomes" >> beam.Flatten()
-             | "Tally" >> beam.CombinePerKey(sum))
-    return shards, duplicates, tally
+    rejected_tables = rejected | "RejectedTables" >> beam.ParDo(S.RowsToTables(out.rejected_schema()))
+    shards = (tables | "WriteEmbeddings" >> S.WriteShards(out.EMBEDDINGS_PREFIX, staging, schema, job.parquet_codec,
+                                                          job.num_shards),
+              rejected_tables | "WriteRejected" >> S.WriteShards(out.REJECTED_PREFIX, staging, out.rejected_schema(),
+                                                                 job.parquet_codec, job.num_shards))
+    repeated = (tables, rejected_tables) | "DuplicateIds" >> S.RepeatedIds(S.REPEATED_ID)
+    # Outcomes: rows embedded under EMBEDDED, rejected rows under their reason.
+    outcomes = (tables | "TableRows" >> beam.Map(lambda t: (S.OUTCOME, (EMBEDDED, t.num_rows))),
+                rejected | "Reasons" >> beam.Map(lambda r: (S.OUTCOME, (r.reason, 1))))
+    return ((start | "Start" >> beam.Map(lambda _: (S.START, None)),
+             input_counts | "InputCounts" >> beam.Map(lambda count: (S.INPUT_COUNT, count)),
+             *shards, *outcomes, repeated)
+            | "Summary" >> S.SummariseRun())
 
 
 def _manifest_base(job: EmbedJob, described, run_id: str, runner: str):
@@ -282,6 +300,7 @@ def run_embed(job: EmbedJob, beam_args: list[str] = (), model=None) -> Manifest 
     from hubbeam.pipeline import dataflow
 
     options, runner = pipeline_options(list(beam_args))
+    quicker_bundle_ends()
     dry_run = dataflow.check_dry_run(options, runner)
     FileSystems.set_options(options)  # the launcher lists inputs and prepares the output with them too
     storage.configure_beam_gcs()

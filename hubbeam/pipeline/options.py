@@ -60,7 +60,8 @@ class EmbedJob:
                                                 "what its longest text needs")
     precision: str | None = _option(None, choices=PRECISIONS, help=PRECISION_HELP)
     batch_size: int = _option(BATCH_SIZE, help=f"most rows per model call (default: {BATCH_SIZE})")
-    chunk_rows: int = _option(CHUNK_ROWS, help=f"rows sorted by length together before batching (default: {CHUNK_ROWS})")
+    chunk_rows: int = _option(CHUNK_ROWS, help="rows sorted by length together before batching; for images, rows "
+                                               f"decoded ahead of the model (default: {CHUNK_ROWS})")
     max_text_chars: int = _option(MAX_TEXT_CHARS, help="longer texts are truncated and flagged truncated=true "
                                                        f"(default: {MAX_TEXT_CHARS})")
     image_size: str | None = _option(None, metavar="H,W",

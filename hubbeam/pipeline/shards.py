@@ -19,7 +19,7 @@ import typing
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
@@ -217,10 +217,14 @@ def _ids_by_partition(table):
     return parts.items()
 
 
-def _repeated(keyed):
+def _repeated(keyed, tag=None):
     _, id_lists = keyed
     counts = Counter(row_id for ids in id_lists for row_id in ids)
-    return [row_id for row_id, n in counts.items() if n > 1]
+    return [row_id if tag is None else (tag, row_id) for row_id, n in counts.items() if n > 1]
+
+
+def _first_examples(examples: list[str], more) -> list[str]:
+    return heapq.nsmallest(DUPLICATE_EXAMPLES, [*examples, *more])
 
 
 class _SummariseDuplicates(beam.CombineFn):
@@ -229,7 +233,7 @@ class _SummariseDuplicates(beam.CombineFn):
 
     def add_input(self, accumulator, row_id):
         count, examples = accumulator
-        return count + 1, heapq.nsmallest(DUPLICATE_EXAMPLES, [*examples, row_id])
+        return count + 1, _first_examples(examples, [row_id])
 
     def merge_accumulators(self, accumulators):
         accumulators = list(accumulators)
@@ -240,18 +244,98 @@ class _SummariseDuplicates(beam.CombineFn):
         return DuplicateIds(accumulator[0], tuple(sorted(accumulator[1])))
 
 
-class CountDuplicateIds(beam.PTransform):
-    """PCollection(s) of Tables with an `id` column -> a one-element PCollection of DuplicateIds.
+class RepeatedIds(beam.PTransform):
+    """PCollection(s) of Tables with an `id` column -> each id that occurs on more than one row, once.
 
     Takes a tuple of PCollections rather than their Flatten: a Flatten of the tables themselves makes Beam's
     in-process runner materialise every table between stages (1.6 GB at 1 M × 384 floats, +60 % job time);
-    flattening the partitioned ids costs nothing.
+    flattening the partitioned ids costs nothing. With a tag, each id comes as (tag, id).
     """
+
+    def __init__(self, tag: str | None = None):
+        super().__init__()
+        self.tag = tag
 
     def expand(self, tables):
         sources = tables if isinstance(tables, (tuple, list)) else (tables,)
         return ([source | f"ByPartition{i}" >> beam.FlatMap(_ids_by_partition) for i, source in enumerate(sources)]
                 | "AllPartitions" >> beam.Flatten()
                 | "GroupPartitions" >> beam.GroupByKey()
-                | "Repeated" >> beam.FlatMap(_repeated)
-                | "Summarise" >> beam.CombineGlobally(_SummariseDuplicates()))
+                | "Repeated" >> beam.FlatMap(_repeated, self.tag))
+
+
+class CountDuplicateIds(beam.PTransform):
+    """PCollection(s) of Tables with an `id` column -> a one-element PCollection of DuplicateIds."""
+
+    def expand(self, tables):
+        return tables | "Ids" >> RepeatedIds() | "Summarise" >> beam.CombineGlobally(_SummariseDuplicates())
+
+
+# What the final step needs, as records of one PCollection: ShardFile records as the writers yield them, and
+# (tag, value) pairs for the rest (SummariseRun).
+INPUT_COUNT, OUTCOME, REPEATED_ID, START = "input", "outcome", "repeated", "start"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Everything the final step reads, gathered by one combine: the staged shards, (input file, rows read) for
+    every file, rows per outcome (outcome key -> rows) and the duplicate ids. Small: it grows with the number
+    of shards, input files and rejection reasons, not of rows."""
+
+    shards: tuple[ShardFile, ...] = ()
+    input_counts: tuple[tuple[str, int], ...] = ()
+    outcomes: dict = field(default_factory=dict)
+    duplicates: DuplicateIds = DuplicateIds()
+
+
+class _SummariseRun(beam.CombineFn):
+    """Records (see SummariseRun) -> RunSummary. Counts are added up as they come (each worker combines its own
+    records before anything is shuffled), lists are joined, duplicate ids counted with their first examples."""
+
+    def create_accumulator(self):
+        return [], [], Counter(), 0, []
+
+    def add_input(self, accumulator, record):
+        shards, inputs, outcomes, repeated, examples = accumulator
+        if isinstance(record, ShardFile):
+            shards.append(record)
+            return accumulator
+        tag, value = record
+        if tag == INPUT_COUNT:
+            inputs.append(tuple(value))
+        elif tag == OUTCOME:
+            outcomes[value[0]] += value[1]
+        elif tag == REPEATED_ID:
+            return shards, inputs, outcomes, repeated + 1, _first_examples(examples, [value])
+        elif tag != START:
+            raise ValueError(f"unknown run summary record {tag!r}")
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        shards, inputs, outcomes, repeated, examples = self.create_accumulator()
+        for other in accumulators:
+            shards += other[0]
+            inputs += other[1]
+            outcomes.update(other[2])
+            repeated += other[3]
+            examples = _first_examples(examples, other[4])
+        return shards, inputs, outcomes, repeated, examples
+
+    def extract_output(self, accumulator):
+        shards, inputs, outcomes, repeated, examples = accumulator
+        return RunSummary(tuple(shards), tuple(inputs), dict(outcomes), DuplicateIds(repeated, tuple(sorted(examples))))
+
+
+class SummariseRun(beam.PTransform):
+    """PCollections of records -> a one-element PCollection of RunSummary. A record is a ShardFile, or
+    (INPUT_COUNT, (path, rows)), (OUTCOME, (key, rows)), (REPEATED_ID, id), or (START, anything): give one of
+    those so that there is a summary even of nothing.
+
+    One Flatten and one combine: a combiner per item (the outcome tally, the duplicate count), side inputs for
+    the rest and a Flatten per kind of record each added a stage, and stages are most of a small job's time.
+    """
+
+    def expand(self, records):
+        return (records
+                | "Records" >> beam.Flatten()
+                | "Combine" >> beam.CombineGlobally(_SummariseRun()).without_defaults())

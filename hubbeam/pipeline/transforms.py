@@ -4,8 +4,8 @@ Why a DoFn and not RunInference: the embedding step needs (1) length-aware batch
 rows — RunInference's BatchElements is blind to text length, so batches of mixed lengths pad to the
 longest; (2) a dead letter per row for images that fail to decode and for rows whose embedding fails,
 found by bisecting a failed batch; and (3) provenance (module digest, output dimension) fixed at
-construction time for the Parquet schema; (4) images decoded on a thread pool a chunk ahead of the model,
-so decoding overlaps reading. The model lifecycle still sits behind a small interface
+construction time for the Parquet schema; (4) images decoded on a thread pool up to --chunk-rows rows ahead
+of the model, a batch at a time, so decoding overlaps reading from the first batch to the last. The model lifecycle still sits behind a small interface
 (hubbeam.pipeline.model), loaded once per worker process through `Shared`, as RunInference does.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -85,11 +86,11 @@ def _decode_pool():
 
 @dataclass
 class _DecodingChunk:
-    """A chunk of image rows whose decoding runs on the pool; results is the pool's ordered iterator."""
+    """A chunk of image rows whose decoding runs on the pool as one task; results is its Future."""
 
     rows: list
     rejected: list
-    results: Iterator
+    results: Future
     size: int
     where: WindowedValue  # the chunk's window and timestamp, for outputs emitted later
 
@@ -98,8 +99,9 @@ class EmbedChunks(beam.DoFn):
     """A chunk of rows -> pyarrow Tables of embeddings (main) and Rejected rows ('rejected')."""
 
     def __init__(self, model: ModelHandle, schema, kind: str, batch_size: int, budget_chars: int,
-                 image_size: tuple[int, int] | None):
+                 image_size: tuple[int, int] | None, decode_ahead: int = 1):
         self.model_handle = model
+        self.decode_ahead = max(1, decode_ahead)  # chunks decoding on the pool while this thread reads on
         self.schema = schema
         self.kind = kind
         self.input = input_kind(kind)
@@ -129,7 +131,7 @@ class EmbedChunks(beam.DoFn):
         self.loads.inc(self.model.take_load())
         self.bundles.inc()
         Metrics.counter("hubbeam.workers", f"pid-{os.getpid()}").inc()  # one counter per worker process
-        self._decoding = None
+        self._decoding = deque()
 
     def process(self, chunk, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         rows, rejected = [], []
@@ -140,35 +142,39 @@ class EmbedChunks(beam.DoFn):
             digests = [R.content_sha256(r.value) for r in rows]
             yield from self._embed_rows(rows, [r.value for r in rows], digests, rejected, len(chunk))
             return
-        # Images decode on a thread pool while this thread goes back to reading the next chunk; a chunk is
-        # embedded when the next one arrives (or at the end of the bundle), so decoding overlaps with reading.
-        decoding = _DecodingChunk(rows, rejected, _decode_pool().map(self._decode_one, [r.value for r in rows]),
-                                  len(chunk), WindowedValue(None, timestamp, [window]))
-        previous, self._decoding = self._decoding, decoding
-        if previous is not None:
-            yield from self._embed_decoded(previous)
+        # Images decode on a thread pool while this thread goes back to reading: a chunk is embedded once
+        # decode_ahead newer chunks are queued behind it (or at the end of the bundle). Chunks are small (a
+        # batch), so the pool starts on the first batch read and has little left to finish after the last.
+        self._decoding.append(_DecodingChunk(rows, rejected,
+                                             _decode_pool().submit(self._decode_all, [r.value for r in rows]),
+                                             len(chunk), WindowedValue(None, timestamp, [window])))
+        while len(self._decoding) > self.decode_ahead:
+            yield from self._embed_decoded(self._decoding.popleft())
 
     def finish_bundle(self):
-        decoding, self._decoding = self._decoding, None
-        if decoding is not None:
-            yield from self._embed_decoded(decoding)
+        while self._decoding:
+            yield from self._embed_decoded(self._decoding.popleft())
 
-    def _decode_one(self, data):
-        """(pixels, content digest) or the decode error. Pillow and hashlib release the GIL, so the pool
+    def _decode_all(self, values) -> list:
+        """Each value's (pixels, content digest), or its decode error. One task per chunk: a task per image
+        cost a Future, a queue hand-off and a wake-up each. Pillow and hashlib release the GIL, so the pool
         uses every core."""
         from hubbeam.images import ImageDecodeError, decode_image
 
-        try:
-            return decode_image(data, self.image_size), R.content_sha256(data)
-        except ImageDecodeError as exc:
-            return exc
+        results = []
+        for data in values:
+            try:
+                results.append((decode_image(data, self.image_size), R.content_sha256(data)))
+            except ImageDecodeError as exc:
+                results.append(exc)
+        return results
 
     def _embed_decoded(self, decoding: _DecodingChunk):
         """A decoded chunk's outputs, in the window and at the timestamp of the chunk they came from."""
         from hubbeam.images import ImageDecodeError
 
         arrays, digests, kept, rejected = [], [], [], decoding.rejected
-        for row, result in zip(decoding.rows, decoding.results):
+        for row, result in zip(decoding.rows, decoding.results.result()):
             if isinstance(result, ImageDecodeError):
                 rejected.append(R.Rejected(row.id, row.source, result.reason, str(result)))
             else:
@@ -285,9 +291,12 @@ class _Embed(beam.PTransform):
             schema, image_size = _describe(self.spec, self.kind)
         if self.reshuffle:
             pcoll = pcoll | "Spread" >> beam.Reshuffle()
-        chunks = pcoll | "Chunk" >> beam.BatchElements(min_batch_size=self.chunk_rows, max_batch_size=self.chunk_rows)
+        chunk, decode_ahead = self.chunk_rows, 1
+        if input_kind(self.kind).decodes_ahead:  # no length to sort by: chunks of a batch, chunk_rows decoding ahead
+            chunk, decode_ahead = self.batch_size, -(-self.chunk_rows // self.batch_size)
+        chunks = pcoll | "Chunk" >> beam.BatchElements(min_batch_size=chunk, max_batch_size=chunk)
         return chunks | "Embed" >> beam.ParDo(
-            EmbedChunks(self.model, schema, self.kind, self.batch_size, self.budget_chars, image_size)
+            EmbedChunks(self.model, schema, self.kind, self.batch_size, self.budget_chars, image_size, decode_ahead)
         ).with_outputs(REJECTED, main="embeddings")
 
 
