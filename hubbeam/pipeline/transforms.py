@@ -36,6 +36,9 @@ progress = logging.getLogger("hubbeam.progress")
 REJECTED = "rejected"
 INPUT_COUNTS = "input_counts"
 PROGRESS_EVERY_S = 10.0
+# A batch's rows × its longest row (characters of text, items of a token list) stays within batch_size × this:
+# texts up to this long fill whole batches; longer ones travel in smaller batches (bounded memory).
+BUDGET_PER_ROW = 128
 
 
 def as_row(element, kind: str) -> R.Row | R.Rejected:
@@ -281,7 +284,7 @@ class _Embed(beam.PTransform):
         self.schema = schema
         self.batch_size = batch_size
         self.chunk_rows = max(chunk_rows, batch_size)
-        self.budget_chars = budget_chars or batch_size * 128
+        self.budget_chars = budget_chars or batch_size * BUDGET_PER_ROW
         self.image_size = image_size
         self.reshuffle = reshuffle
 
