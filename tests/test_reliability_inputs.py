@@ -225,16 +225,21 @@ def test_duplicate_ids_are_counted_across_tables_and_partitions(monkeypatch):
 
     tables = [pa.table({"id": ids}) for ids in (["x", "y", "z", "w"], ["y", "q", "x"], ["x"], [])]
     many = [pa.table({"id": [f"d{i:02d}" for i in range(12)] * 2})]
+    def duplicates(tables):  # what the job does: repeated ids -> the run summary's count and first examples
+        start = tables.pipeline | "Start" >> beam.Create([(shards.START, None)])
+        return ((start, tables | shards.RepeatedIds()) | shards.SummariseRun()
+                | "Duplicates" >> beam.Map(lambda summary: summary.duplicates))
+
     for partitions in (shards.ID_PARTITIONS, 1):  # 1: every id in one partition, as a hash collision would put them
         monkeypatch.setattr(shards, "ID_PARTITIONS", partitions)
         with beam.Pipeline("FnApiRunner") as p:
-            found = p | "Tables" >> beam.Create(tables, reshuffle=False) | shards.CountDuplicateIds()
+            found = duplicates(p | "Tables" >> beam.Create(tables, reshuffle=False))
             assert_that(found, equal_to([shards.DuplicateIds(2, ("x", "y"))]))
         with beam.Pipeline("FnApiRunner") as p:
-            found = p | "Tables" >> beam.Create(tables[:1]) | shards.CountDuplicateIds()
+            found = duplicates(p | "Tables" >> beam.Create(tables[:1]))
             assert_that(found, equal_to([shards.DuplicateIds(0, ())]), label="none")
         with beam.Pipeline("FnApiRunner") as p:
-            found = p | "Tables" >> beam.Create(many) | shards.CountDuplicateIds()
+            found = duplicates(p | "Tables" >> beam.Create(many))
             assert_that(found, equal_to([shards.DuplicateIds(12, tuple(f"d{i:02d}" for i in range(10)))]), label="many")
     monkeypatch.undo()
     # The same id lands in the same partition in every worker process (Python's own hash() is salted per process).

@@ -178,7 +178,7 @@ def _write_outputs(embeddings, rejected, input_counts, start, staging: str, sche
                                                           job.num_shards),
               rejected_tables | "WriteRejected" >> S.WriteShards(out.REJECTED_PREFIX, staging, out.rejected_schema(),
                                                                  job.parquet_codec, job.num_shards))
-    repeated = (tables, rejected_tables) | "DuplicateIds" >> S.RepeatedIds(S.REPEATED_ID)
+    repeated = (tables, rejected_tables) | "DuplicateIds" >> S.RepeatedIds()
     # Outcomes: rows embedded under EMBEDDED, rejected rows under their reason.
     outcomes = (tables | "TableRows" >> beam.Map(lambda t: (S.OUTCOME, (EMBEDDED, t.num_rows))),
                 rejected | "Reasons" >> beam.Map(lambda r: (S.OUTCOME, (r.reason, 1))))

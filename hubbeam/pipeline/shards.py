@@ -217,63 +217,36 @@ def _ids_by_partition(table):
     return parts.items()
 
 
-def _repeated(keyed, tag=None):
+# What the final step needs, as records of one PCollection: ShardFile records as the writers yield them, and
+# (tag, value) pairs for the rest (SummariseRun).
+INPUT_COUNT, OUTCOME, REPEATED_ID, START = "input", "outcome", "repeated", "start"
+
+
+def _repeated(keyed):
     _, id_lists = keyed
     counts = Counter(row_id for ids in id_lists for row_id in ids)
-    return [row_id if tag is None else (tag, row_id) for row_id, n in counts.items() if n > 1]
+    return [(REPEATED_ID, row_id) for row_id, n in counts.items() if n > 1]
 
 
 def _first_examples(examples: list[str], more) -> list[str]:
     return heapq.nsmallest(DUPLICATE_EXAMPLES, [*examples, *more])
 
 
-class _SummariseDuplicates(beam.CombineFn):
-    def create_accumulator(self):
-        return 0, []
-
-    def add_input(self, accumulator, row_id):
-        count, examples = accumulator
-        return count + 1, _first_examples(examples, [row_id])
-
-    def merge_accumulators(self, accumulators):
-        accumulators = list(accumulators)
-        return (sum(c for c, _ in accumulators),
-                heapq.nsmallest(DUPLICATE_EXAMPLES, (e for _, examples in accumulators for e in examples)))
-
-    def extract_output(self, accumulator):
-        return DuplicateIds(accumulator[0], tuple(sorted(accumulator[1])))
-
-
 class RepeatedIds(beam.PTransform):
-    """PCollection(s) of Tables with an `id` column -> each id that occurs on more than one row, once.
+    """PCollection(s) of Tables with an `id` column -> each id that occurs on more than one row, once, as a
+    (REPEATED_ID, id) record for SummariseRun, which counts them.
 
     Takes a tuple of PCollections rather than their Flatten: a Flatten of the tables themselves makes Beam's
     in-process runner materialise every table between stages (1.6 GB at 1 M × 384 floats, +60 % job time);
-    flattening the partitioned ids costs nothing. With a tag, each id comes as (tag, id).
+    flattening the partitioned ids costs nothing.
     """
-
-    def __init__(self, tag: str | None = None):
-        super().__init__()
-        self.tag = tag
 
     def expand(self, tables):
         sources = tables if isinstance(tables, (tuple, list)) else (tables,)
         return ([source | f"ByPartition{i}" >> beam.FlatMap(_ids_by_partition) for i, source in enumerate(sources)]
                 | "AllPartitions" >> beam.Flatten()
                 | "GroupPartitions" >> beam.GroupByKey()
-                | "Repeated" >> beam.FlatMap(_repeated, self.tag))
-
-
-class CountDuplicateIds(beam.PTransform):
-    """PCollection(s) of Tables with an `id` column -> a one-element PCollection of DuplicateIds."""
-
-    def expand(self, tables):
-        return tables | "Ids" >> RepeatedIds() | "Summarise" >> beam.CombineGlobally(_SummariseDuplicates())
-
-
-# What the final step needs, as records of one PCollection: ShardFile records as the writers yield them, and
-# (tag, value) pairs for the rest (SummariseRun).
-INPUT_COUNT, OUTCOME, REPEATED_ID, START = "input", "outcome", "repeated", "start"
+                | "Repeated" >> beam.FlatMap(_repeated))
 
 
 @dataclass(frozen=True)
