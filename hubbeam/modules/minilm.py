@@ -25,7 +25,7 @@ import numpy as np
 
 from hubbeam import tfenv
 from hubbeam.hub.metadata import ModuleMetadata
-from hubbeam.modules.common import package_source, reusable_root, save_module
+from hubbeam.modules.common import compute_dtype, package_source, reusable_root, save_module
 
 tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
 import tensorflow_text as tf_text  # noqa: E402
@@ -236,10 +236,6 @@ def normalize(text):
     text = tf_text.normalize_utf8(text, "NFD")
     text = tf.strings.regex_replace(text, r"\p{Mn}", "")
     return tf.strings.lower(text, encoding="utf-8")
-
-
-def compute_dtype(precision: str):
-    return {"fp32": tf.float32, "bf16": tf.bfloat16}[precision]
 
 
 class MiniLMEncoder(MiniLMTransformer):

@@ -27,7 +27,7 @@ import numpy as np
 
 from hubbeam import tfenv
 from hubbeam.hub.metadata import ModuleMetadata
-from hubbeam.modules.common import package_source, reusable_root, save_module
+from hubbeam.modules.common import compute_dtype, package_source, reusable_root, save_module
 
 tf = tfenv.tensorflow()  # building modules needs TensorFlow; this file is only imported to build one
 import tensorflow_text as tf_text  # noqa: E402
@@ -56,7 +56,7 @@ def build(out_dir: str | os.PathLike, precision: str = "fp32") -> Path:
     weights_path, sp_path = package_resources()
     with np.load(weights_path, allow_pickle=False) as npz:
         weights = {k: npz[k] for k in npz.files}
-    encoder = USEEncoder(weights, sp_path.read_bytes(), {"fp32": tf.float32, "bf16": tf.bfloat16}[precision])
+    encoder = USEEncoder(weights, sp_path.read_bytes(), compute_dtype(precision))
     text_spec = tf.TensorSpec([None], tf.string, name="text")
 
     def call(text, training=False):
